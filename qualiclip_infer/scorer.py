@@ -1,0 +1,215 @@
+"""``QualityScorer``: batched QualiCLIP scoring of paths, PIL images, numpy arrays and tensors."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import warnings
+from typing import List, Literal, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .images import ImageError, ImageInput, check_tensor, input_size, name_of, size_batches, to_tensor
+from .model import OFFICIAL_LOGIT_SCALE, QualiCLIP
+from .prompts import OFFICIAL_PROMPT_PAIRS, PromptPair, as_prompt_pairs, prompt_features
+from .weights import WeightsSpec, load_checkpoint, resolve_weights
+
+Precision = Literal["fp32", "fp16", "bf16"]
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_BATCH_SIZE = 16
+# 16 Mpx of RN50 activations in fp32 peak near 4 GB on the CPU; bigger batches of big photos buy no speed.
+DEFAULT_MAX_BATCH_PIXELS = 16 * 2**20
+
+
+def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit device must be present.
+
+    Raises:
+        ValueError: An unknown device string, or a device this machine does not have.
+    """
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r}: expected auto, cpu, cuda, cuda:N or mps") from error
+    if resolved.type == "cuda" and (not torch.cuda.is_available()
+                                    or (resolved.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine "
+                         f"({torch.cuda.device_count()} CUDA devices)")
+    if resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: Apple MPS is not available on this machine")
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: expected auto, cpu, cuda, cuda:N or mps")
+    return resolved
+
+
+def _check_precision(precision: str, device: torch.device) -> None:
+    if precision == "fp32":
+        return
+    if precision not in _AUTOCAST_DTYPES:
+        raise ValueError(f"precision {precision!r}: expected fp32, fp16 or bf16")
+    if not torch.amp.is_autocast_available(device.type):
+        raise ValueError(f"precision {precision!r}: autocast is not supported on {device.type}")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision 'bf16': {torch.cuda.get_device_name(device)} does not support bfloat16")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision]):
+            pass
+    if caught:
+        raise ValueError(f"precision {precision!r} is not supported on {device.type}: {caught[0].message}")
+
+
+class QualityScorer:
+    """Scores image quality with QualiCLIP: a float in [0, 1], higher is better.
+
+    The defaults reproduce the official QualiCLIP model: the published checkpoint, its stored features of the
+    seven antonym prompt pairs, a logit scale of 100, each image at its native resolution.
+
+    Example:
+        >>> scorer = QualityScorer()
+        >>> scorer.score("photo.jpg")
+        0.73
+
+    Args:
+        weights: ``None`` for the official ``QualiCLIP.pth`` from the Hugging Face Hub (downloaded once, then
+            cached), a local ``.pth``/``.safetensors`` checkpoint in the official format, or
+            ``hf-hub:ORG/REPO/FILE[@REVISION]``.
+        device: ``auto`` (CUDA, else MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        precision: ``fp32`` (exact), or ``fp16``/``bf16`` autocast where the device supports it.
+        prompts: ``None`` for the official pairs (features stored in the checkpoint), or a list of
+            ``(positive, negative)`` strings, encoded once with the checkpoint's text tower and cached.
+        batch_size: Most images run through the network at once (only images of equal size share a batch).
+        revision: Hub branch, tag or commit to pin.
+        cache_dir: Hugging Face cache folder for the download.
+        local_files_only: Never touch the network; the Hub file must already be cached.
+        logit_scale: Scale of the cosine similarities; 100 is the official model, 50 equals pyiqa's
+            ``qualiclip`` (which divides by a temperature of 2).
+        max_batch_pixels: Cap on pixels in one batch, so large photos are batched fewer at a time.
+
+    Raises:
+        WeightsNotFoundError: The weights are not available (see the message for how to get them).
+        CheckpointError: The file is not a QualiCLIP checkpoint in the official format.
+        ValueError: An unknown device, precision or prompt list.
+    """
+
+    def __init__(
+        self,
+        weights: WeightsSpec = None,
+        *,
+        device: Union[str, torch.device] = "auto",
+        precision: Precision = "fp32",
+        prompts: Optional[Sequence[Sequence[str]]] = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        revision: Optional[str] = None,
+        cache_dir: Union[str, os.PathLike, None] = None,
+        local_files_only: bool = False,
+        logit_scale: float = OFFICIAL_LOGIT_SCALE,
+        max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.device = resolve_device(device)
+        _check_precision(precision, self.device)
+        self.precision = precision
+        self.batch_size = int(batch_size)
+        self.max_batch_pixels = int(max_batch_pixels)
+        custom_pairs = None if prompts is None else as_prompt_pairs(prompts)
+
+        path = resolve_weights(weights, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        checkpoint = load_checkpoint(path)
+        stores_official = checkpoint.prompt_features.shape[0] == 2 * len(OFFICIAL_PROMPT_PAIRS)
+        #: The prompt pairs scored against; ``None`` for a checkpoint storing features of unnamed prompts.
+        self.prompts: Optional[Tuple[PromptPair, ...]] = custom_pairs or (OFFICIAL_PROMPT_PAIRS if stores_official
+                                                                          else None)
+        with torch.device("meta"):
+            image_tower = checkpoint.architecture.build_image_tower()
+        image_tower.load_state_dict(checkpoint.image_tower_state(), strict=True, assign=True)
+        features = prompt_features(checkpoint, custom_pairs)
+        self.weights_path = path
+        self.model = QualiCLIP(image_tower, features, logit_scale).eval().requires_grad_(False).to(self.device)
+
+    def __repr__(self) -> str:
+        return (f"QualityScorer(weights={str(self.weights_path)!r}, device={str(self.device)!r}, "
+                f"precision={self.precision!r}, pairs={self.model.num_pairs}, logit_scale={self.model.logit_scale})")
+
+    def score_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """Scores one batch of equally sized images.
+
+        Args:
+            images: Float tensor ``N x 3 x H x W`` with values in [0, 1], on any device (H, W >= 32).
+
+        Returns:
+            ``(N,)`` float32 scores on the CPU.
+        """
+        with torch.inference_mode(), self._autocast():
+            batch = self.model.normalize(images.to(self.device, torch.float32, non_blocking=True))
+            return self.model(batch).float().cpu()
+
+    def score(self, images: Union[ImageInput, Sequence[ImageInput]], *,
+              on_error: Literal["raise", "nan"] = "raise") -> Union[float, List[float], torch.Tensor]:
+        """Scores one image, a list of images, or a batch tensor.
+
+        Args:
+            images: A path, PIL image, uint8 numpy array (``HxW``/``HxWx3``), float tensor ``3xHxW`` in [0, 1],
+                a list of any of those (sizes may differ), or a float tensor ``Nx3xHxW`` in [0, 1].
+            on_error: For a list, ``raise`` stops at the first input that cannot be scored; ``nan`` gives that
+                input a NaN score (with a warning naming it) and scores the rest.
+
+        Returns:
+            A float for one image, a list of floats in input order for a list, or an ``(N,)`` tensor for an
+            ``N x 3 x H x W`` tensor.
+
+        Raises:
+            ImageError: An input cannot be scored; the message names it and the cause.
+        """
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            check_tensor(images, "batch")
+            chunks = [self.score_tensor(chunk) for chunk in images.split(self.batch_size)]
+            return torch.cat(chunks) if chunks else torch.empty(0)
+        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
+            return float(self.score_tensor(to_tensor(images, name_of(images, 0))[None])[0])
+        if on_error not in ("raise", "nan"):
+            raise ValueError(f"on_error must be 'raise' or 'nan', got {on_error!r}")
+        return self._score_list(list(images), on_error)
+
+    def _score_list(self, images: List[ImageInput], on_error: str) -> List[float]:
+        scores = [math.nan] * len(images)
+        sizes: dict[int, Tuple[int, int]] = {}
+        for index, image in enumerate(images):
+            try:
+                sizes[index] = input_size(image, name_of(image, index))
+            except ImageError as error:
+                self._fail(error, on_error)
+        indices = list(sizes)
+        for batch in size_batches([sizes[i] for i in indices], self.batch_size, self.max_batch_pixels):
+            decoded = {}
+            for position in batch:
+                index = indices[position]
+                try:
+                    decoded[index] = to_tensor(images[index], name_of(images[index], index))
+                except ImageError as error:
+                    self._fail(error, on_error)
+            if decoded:
+                for index, value in zip(decoded, self.score_tensor(torch.stack(list(decoded.values())))):
+                    scores[index] = float(value)
+        return scores
+
+    @staticmethod
+    def _fail(error: ImageError, on_error: str) -> None:
+        if on_error == "raise":
+            raise error
+        warnings.warn(f"not scored: {error}", stacklevel=3)
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+

@@ -1,0 +1,257 @@
+"""Where a QualiCLIP checkpoint comes from (Hub, local path, cache) and how it is read: safely and strictly.
+
+The official file (``QualiCLIP.pth`` in ``chaofengc/IQA-PyTorch-Weights``) is a flat dict of tensors:
+``clip_model.<OpenAI CLIP key>`` for every tensor of a CLIP RN50 model, plus ``prompts_features`` ``(14, 1024)``,
+the L2-normalised text features of the seven antonym prompt pairs, positive and negative interleaved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import torch
+
+from ._version import __version__
+from .model import ClipArchitecture
+
+DEFAULT_REPO_ID = "chaofengc/IQA-PyTorch-Weights"
+DEFAULT_FILENAME = "QualiCLIP.pth"
+HUB_PREFIX = "hf-hub:"
+CLIP_PREFIX = "clip_model."
+PROMPT_FEATURES_KEY = "prompts_features"
+# OpenAI's original CLIP files carry these scalars beside the tensors; they are sizes, not weights.
+_OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+_MAX_LISTED_KEYS = 8
+
+WeightsSpec = Union[None, str, os.PathLike]
+
+
+class CheckpointError(ValueError):
+    """A weights file that is not a QualiCLIP checkpoint in the official format."""
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """The weights could not be found locally and could not (or may not) be downloaded."""
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A file in a Hugging Face Hub model repository.
+
+    Attributes:
+        repo_id: ``ORG/REPO``.
+        filename: Path of the file inside the repository.
+        revision: Branch, tag or commit; ``None`` is the default branch.
+    """
+
+    repo_id: str = DEFAULT_REPO_ID
+    filename: str = DEFAULT_FILENAME
+    revision: Optional[str] = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "HubFile":
+        """Parses ``hf-hub:ORG/REPO/FILE[@REVISION]``."""
+        body = spec[len(HUB_PREFIX):] if spec.startswith(HUB_PREFIX) else spec
+        body, _, revision = body.partition("@")
+        parts = body.split("/")
+        if len(parts) < 3 or not all(parts):
+            raise ValueError(f"weights {spec!r}: expected 'hf-hub:ORG/REPO/FILE[@REVISION]'")
+        return cls("/".join(parts[:2]), "/".join(parts[2:]), revision or None)
+
+    def __str__(self) -> str:
+        return f"{HUB_PREFIX}{self.repo_id}/{self.filename}" + (f"@{self.revision}" if self.revision else "")
+
+
+def resolve_weights(
+    weights: WeightsSpec = None,
+    *,
+    revision: Optional[str] = None,
+    cache_dir: Union[str, os.PathLike, None] = None,
+    local_files_only: bool = False,
+) -> Path:
+    """Returns the local path of a checkpoint, downloading it from the Hub once if needed.
+
+    Args:
+        weights: ``None`` for the official ``QualiCLIP.pth``, ``hf-hub:ORG/REPO/FILE[@REVISION]``, or a local
+            ``.pth`` / ``.safetensors`` path.
+        revision: Hub branch, tag or commit to pin (overrides nothing: it must agree with an ``@REVISION``).
+        cache_dir: Hugging Face cache folder; default ``HF_HUB_CACHE`` / ``~/.cache/huggingface/hub``.
+        local_files_only: Never touch the network; use the Hub cache only.
+
+    Raises:
+        WeightsNotFoundError: A local path does not exist, or the Hub file is neither cached nor downloadable.
+        ValueError: A malformed ``hf-hub:`` spec, or two different revisions.
+    """
+    if weights is not None and not (isinstance(weights, str) and weights.startswith(HUB_PREFIX)):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"weights file not found: {path}")
+        return path
+    hub_file = HubFile() if weights is None else HubFile.parse(weights)
+    if revision is not None:
+        if hub_file.revision not in (None, revision):
+            raise ValueError(f"weights {weights!r} pins revision {hub_file.revision!r} but revision={revision!r}")
+        hub_file = HubFile(hub_file.repo_id, hub_file.filename, revision)
+    return _download(hub_file, cache_dir=cache_dir, local_files_only=local_files_only)
+
+
+def _download(hub_file: HubFile, *, cache_dir, local_files_only: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id=hub_file.repo_id,
+                filename=hub_file.filename,
+                revision=hub_file.revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                library_name="qualiclip-infer",
+                library_version=__version__,
+            )
+        )
+    except LocalEntryNotFoundError as error:
+        raise WeightsNotFoundError(
+            f"{hub_file} is not in the Hugging Face cache and could not be downloaded"
+            f"{' (offline mode)' if local_files_only else ''}. Run once with network access, set HF_ENDPOINT to a "
+            f"reachable mirror, or pass a local checkpoint path as weights."
+        ) from error
+    except (EntryNotFoundError, HfHubHTTPError) as error:
+        raise WeightsNotFoundError(f"{hub_file} could not be downloaded: {str(error).splitlines()[0]}") from error
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A QualiCLIP checkpoint, read and checked.
+
+    Attributes:
+        path: The file it was read from.
+        clip_state: OpenAI-layout CLIP tensors, keys without the ``clip_model.`` prefix.
+        prompt_features: ``(2P, D)`` features of the prompt pairs stored with the weights.
+        architecture: Sizes inferred from ``clip_state``.
+    """
+
+    path: Path
+    clip_state: Mapping[str, torch.Tensor]
+    prompt_features: torch.Tensor
+    architecture: ClipArchitecture
+    _digest: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def image_tower_state(self) -> dict[str, torch.Tensor]:
+        """The image tower's tensors, keys relative to the tower, copied out of any memory-mapped file."""
+        prefix = "visual."
+        return {k[len(prefix):]: v.clone() for k, v in self.clip_state.items() if k.startswith(prefix)}
+
+    def sha256(self) -> str:
+        """SHA-256 of the file, computed once: it keys caches derived from these weights."""
+        if "sha256" not in self._digest:
+            digest = hashlib.sha256()
+            with open(self.path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+            self._digest["sha256"] = digest.hexdigest()
+        return self._digest["sha256"]
+
+
+def load_checkpoint(path: Union[str, os.PathLike]) -> Checkpoint:
+    """Reads a checkpoint without executing any pickled code and checks every key and shape.
+
+    Raises:
+        CheckpointError: The file is not a checkpoint, or its keys or shapes are not those of the official
+            format; the message names the file and the offending keys.
+    """
+    path = Path(path)
+    tensors = _read_tensors(path)
+    if PROMPT_FEATURES_KEY not in tensors:
+        raise CheckpointError(f"{path}: no '{PROMPT_FEATURES_KEY}' tensor; not a QualiCLIP checkpoint")
+    unexpected = sorted(k for k in tensors if k != PROMPT_FEATURES_KEY and not k.startswith(CLIP_PREFIX))
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected keys {_listing(unexpected)} (expected '{CLIP_PREFIX}*' and "
+                              f"'{PROMPT_FEATURES_KEY}')")
+    clip_state = {k[len(CLIP_PREFIX):]: v for k, v in tensors.items() if k.startswith(CLIP_PREFIX)}
+    for key in _OPENAI_METADATA_KEYS:
+        clip_state.pop(key, None)
+    try:
+        architecture = ClipArchitecture.from_state_dict(clip_state)
+    except KeyError as error:
+        raise CheckpointError(f"{path}: missing key {CLIP_PREFIX}{error.args[0]}; not an OpenAI-layout CLIP "
+                              f"ResNet checkpoint") from error
+    _check_clip_state(path, clip_state, architecture)
+    prompt_features = tensors[PROMPT_FEATURES_KEY]
+    if (prompt_features.ndim != 2 or prompt_features.shape[0] % 2 or prompt_features.shape[0] == 0
+            or prompt_features.shape[1] != architecture.embed_dim):
+        raise CheckpointError(f"{path}: '{PROMPT_FEATURES_KEY}' has shape {tuple(prompt_features.shape)}, expected "
+                              f"(2P, {architecture.embed_dim}): positive/negative prompt features interleaved")
+    return Checkpoint(path, clip_state, prompt_features.float(), architecture)
+
+
+def save_checkpoint(path: Union[str, os.PathLike], clip_state: Mapping[str, torch.Tensor],
+                    prompt_features: torch.Tensor) -> Path:
+    """Writes a checkpoint in the official format (atomically: a reader never sees half a file).
+
+    Args:
+        path: Destination ``.pth`` file.
+        clip_state: OpenAI-layout CLIP tensors (keys without prefix).
+        prompt_features: ``(2P, D)`` L2-normalised prompt features, positive/negative interleaved.
+    """
+    path = Path(path)
+    tensors = {CLIP_PREFIX + k: v.detach().cpu().contiguous() for k, v in clip_state.items()}
+    tensors[PROMPT_FEATURES_KEY] = prompt_features.detach().float().cpu().contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(tensors, partial)
+    os.replace(partial, path)
+    return path
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{path}: not a safetensors file ({error})") from error
+    try:
+        # mmap pages in only the tensors that are used: the text tower stays on disk unless needed.
+        tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as error:
+        cause = str(error).splitlines()[0]
+        raise CheckpointError(f"{path}: refused to load: it is not a plain tensor checkpoint ({cause})") from error
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(error).splitlines()[0]})") from error
+    if not isinstance(tensors, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(tensors).__name__}, not a dict of tensors")
+    bad = sorted(str(k) for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {_listing(bad)}")
+    return dict(tensors)
+
+
+def _check_clip_state(path: Path, state: dict[str, torch.Tensor], architecture: ClipArchitecture) -> None:
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in architecture.build_clip().state_dict().items()}
+    # BatchNorm fills in a missing counter itself, and OpenAI's own files lack it.
+    optional = {k for k in expected if k.endswith(".num_batches_tracked")}
+    missing = sorted(k for k in expected if k not in state and k not in optional)
+    unexpected = sorted(k for k in state if k not in expected)
+    wrong_shape = sorted(f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in expected
+                         if k in state and tuple(state[k].shape) != expected[k])
+    problems = [f"{what} {_listing([CLIP_PREFIX + k for k in keys])}"
+                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                   ("wrong shapes", wrong_shape)) if keys]
+    if problems:
+        raise CheckpointError(f"{path}: does not match a CLIP ResNet ({'; '.join(problems)})")
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED_KEYS])
+    return f"[{shown}{f', ... {len(keys) - _MAX_LISTED_KEYS} more' if len(keys) > _MAX_LISTED_KEYS else ''}]"
