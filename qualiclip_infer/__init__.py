@@ -11,12 +11,13 @@ from ._version import __version__
 from .images import ImageError
 from .model import QualiCLIP
 from .prompts import OFFICIAL_PROMPT_PAIRS
-from .scorer import QualityScorer
+from .scorer import QualityScorer, load_model
 from .weights import CheckpointError, WeightsNotFoundError, load_checkpoint, resolve_weights, save_checkpoint
 
 __all__ = [
     "QualityScorer",
     "QualiCLIP",
+    "load_model",
     "OFFICIAL_PROMPT_PAIRS",
     "ImageError",
     "CheckpointError",

@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import warnings
+from pathlib import Path
 from typing import List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -67,6 +68,39 @@ def _check_precision(precision: str, device: torch.device) -> None:
         raise ValueError(f"precision {precision!r} is not supported on {device.type}: {caught[0].message}")
 
 
+def load_model(
+    weights: WeightsSpec = None,
+    *,
+    prompts: Optional[Sequence[Sequence[str]]] = None,
+    logit_scale: float = OFFICIAL_LOGIT_SCALE,
+    revision: Optional[str] = None,
+    cache_dir: Union[str, os.PathLike, None] = None,
+    local_files_only: bool = False,
+) -> QualiCLIP:
+    """Loads the QualiCLIP network (image tower + score head) on the CPU, in eval mode, without gradients.
+
+    It maps CLIP-normalised ``N x 3 x H x W`` tensors to ``(N,)`` scores, like the official torch.hub model.
+    Arguments are those of :class:`QualityScorer`.
+    """
+    return _load(weights, prompts, logit_scale, revision=revision, cache_dir=cache_dir,
+                 local_files_only=local_files_only)[0]
+
+
+def _load(weights: WeightsSpec, prompts, logit_scale: float,
+          **where) -> Tuple[QualiCLIP, Optional[Tuple[PromptPair, ...]], Path]:
+    """The model, the prompt pairs it scores against (``None`` if unnamed) and the weights file."""
+    custom_pairs = None if prompts is None else as_prompt_pairs(prompts)
+    path = resolve_weights(weights, **where)
+    checkpoint = load_checkpoint(path)
+    with torch.device("meta"):
+        image_tower = checkpoint.architecture.build_image_tower()
+    image_tower.load_state_dict(checkpoint.image_tower_state(), strict=True, assign=True)
+    model = QualiCLIP(image_tower, prompt_features(checkpoint, custom_pairs), logit_scale)
+    if custom_pairs is None and checkpoint.prompt_features.shape[0] == 2 * len(OFFICIAL_PROMPT_PAIRS):
+        custom_pairs = OFFICIAL_PROMPT_PAIRS
+    return model.eval().requires_grad_(False), custom_pairs, path
+
+
 class QualityScorer:
     """Scores image quality with QualiCLIP: a float in [0, 1], higher is better.
 
@@ -121,20 +155,10 @@ class QualityScorer:
         self.precision = precision
         self.batch_size = int(batch_size)
         self.max_batch_pixels = int(max_batch_pixels)
-        custom_pairs = None if prompts is None else as_prompt_pairs(prompts)
 
-        path = resolve_weights(weights, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-        checkpoint = load_checkpoint(path)
-        stores_official = checkpoint.prompt_features.shape[0] == 2 * len(OFFICIAL_PROMPT_PAIRS)
-        #: The prompt pairs scored against; ``None`` for a checkpoint storing features of unnamed prompts.
-        self.prompts: Optional[Tuple[PromptPair, ...]] = custom_pairs or (OFFICIAL_PROMPT_PAIRS if stores_official
-                                                                          else None)
-        with torch.device("meta"):
-            image_tower = checkpoint.architecture.build_image_tower()
-        image_tower.load_state_dict(checkpoint.image_tower_state(), strict=True, assign=True)
-        features = prompt_features(checkpoint, custom_pairs)
-        self.weights_path = path
-        self.model = QualiCLIP(image_tower, features, logit_scale).eval().requires_grad_(False).to(self.device)
+        self.model, self.prompts, self.weights_path = _load(weights, prompts, logit_scale, revision=revision,
+                                                            cache_dir=cache_dir, local_files_only=local_files_only)
+        self.model.to(self.device)
 
     def __repr__(self) -> str:
         return (f"QualityScorer(weights={str(self.weights_path)!r}, device={str(self.device)!r}, "

@@ -237,11 +237,14 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_clip_state(path: Path, state: dict[str, torch.Tensor], architecture: ClipArchitecture) -> None:
+    """Completes ``state`` with absent batch counters, then raises on any other missing, extra or misshapen key."""
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in architecture.build_clip().state_dict().items()}
-    # BatchNorm fills in a missing counter itself, and OpenAI's own files lack it.
-    optional = {k for k in expected if k.endswith(".num_batches_tracked")}
-    missing = sorted(k for k in expected if k not in state and k not in optional)
+    # OpenAI's own files lack BatchNorm's batch counters; inference never reads them.
+    for key in expected:
+        if key.endswith(".num_batches_tracked") and key not in state:
+            state[key] = torch.tensor(0, dtype=torch.long)
+    missing = sorted(k for k in expected if k not in state)
     unexpected = sorted(k for k in state if k not in expected)
     wrong_shape = sorted(f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in expected
                          if k in state and tuple(state[k].shape) != expected[k])
