@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ._errors import first_line
 from .model import MIN_IMAGE_SIDE
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
@@ -73,10 +74,11 @@ def input_size(image: ImageInput, name: str = "image") -> Tuple[int, int]:
     if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim >= 2:
         height_axis = 0 if isinstance(image, np.ndarray) else -2
         return int(image.shape[height_axis + 1]), int(image.shape[height_axis])
-    raise _unsupported(image, name)
+    raise unsupported_input(image, name)
 
 
-def _unsupported(image: object, name: str) -> ImageError:
+def unsupported_input(image: object, name: str) -> ImageError:
+    """The error for an input of a type the scorer does not take."""
     return ImageError(f"{name}: unsupported input type {type(image).__name__}; expected a path, PIL image, "
                       f"uint8 numpy array or float tensor")
 
@@ -93,8 +95,7 @@ def describe_error(error: BaseException) -> str:
         return "refused: too many pixels (possible decompression bomb)"
     if isinstance(error, Image.UnidentifiedImageError):
         return "not an image file Pillow can read"
-    message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return f"cannot decode: {message}"
+    return f"cannot decode: {first_line(error)}"
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -159,7 +160,7 @@ def to_tensor(image: ImageInput, name: str = "image") -> torch.Tensor:
             raise ImageError(f"{name}: inside a list, tensors must be 3xHxW, got shape {tuple(image.shape)}")
         return check_tensor(image, name)
     else:
-        raise _unsupported(image, name)
+        raise unsupported_input(image, name)
     check_size(tensor.shape[2], tensor.shape[1], name)
     return tensor
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import ImageError, ImageInput, check_tensor, input_size, name_of, size_batches, to_tensor
+from .images import (ImageError, ImageInput, check_tensor, input_size, name_of, size_batches, to_tensor,
+                     unsupported_input)
 from .model import OFFICIAL_LOGIT_SCALE, QualiCLIP
 from .prompts import OFFICIAL_PROMPT_PAIRS, PromptPair, as_prompt_pairs, prompt_features
 from .weights import WeightsSpec, load_checkpoint, resolve_weights
@@ -202,7 +203,11 @@ class QualityScorer:
             return float(self.score_tensor(to_tensor(images, name_of(images, 0))[None])[0])
         if on_error not in ("raise", "nan"):
             raise ValueError(f"on_error must be 'raise' or 'nan', got {on_error!r}")
-        return self._score_list(list(images), on_error)
+        try:
+            items = list(images)
+        except TypeError:
+            raise unsupported_input(images, "input") from None
+        return self._score_list(items, on_error)
 
     def _score_list(self, images: List[ImageInput], on_error: str) -> List[float]:
         scores = [math.nan] * len(images)

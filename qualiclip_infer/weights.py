@@ -17,6 +17,7 @@ from typing import Mapping, Optional, Union
 
 import torch
 
+from ._errors import first_line
 from ._version import __version__
 from .model import ClipArchitecture
 
@@ -124,7 +125,7 @@ def _download(hub_file: HubFile, *, cache_dir, local_files_only: bool) -> Path:
             f"reachable mirror, or pass a local checkpoint path as weights."
         ) from error
     except (EntryNotFoundError, HfHubHTTPError) as error:
-        raise WeightsNotFoundError(f"{hub_file} could not be downloaded: {str(error).splitlines()[0]}") from error
+        raise WeightsNotFoundError(f"{hub_file} could not be downloaded: {first_line(error)}") from error
 
 
 @dataclass(frozen=True)
@@ -219,15 +220,15 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(path)
         except (SafetensorError, OSError) as error:
-            raise CheckpointError(f"{path}: not a safetensors file ({error})") from error
+            raise CheckpointError(f"{path}: not a safetensors file ({first_line(error)})") from error
     try:
         # mmap pages in only the tensors that are used: the text tower stays on disk unless needed.
         tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:
-        cause = str(error).splitlines()[0]
-        raise CheckpointError(f"{path}: refused to load: it is not a plain tensor checkpoint ({cause})") from error
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(error).splitlines()[0]})") from error
+        raise CheckpointError(f"{path}: refused to load: it is not a plain tensor checkpoint "
+                              f"({first_line(error)})") from error
+    except Exception as error:  # torch.load fails on garbage with almost any exception type
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first_line(error)})") from error
     if not isinstance(tensors, Mapping):
         raise CheckpointError(f"{path}: holds a {type(tensors).__name__}, not a dict of tensors")
     bad = sorted(str(k) for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))

@@ -1,0 +1,7 @@
+"""Error-message helpers shared by the loaders: every error a user sees fits on one line."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
