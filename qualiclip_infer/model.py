@@ -164,8 +164,8 @@ class QualiCLIP(nn.Module):
 
     Args:
         image_tower: A ModifiedResNet whose pool is a :class:`PositionFreeAttentionPool`.
-        prompt_features: ``(2P, D)`` text features, rows ``2k``/``2k+1`` the positive/negative prompt of pair
-            ``k``. They are L2-normalised here.
+        prompt_features: ``(2P, D)`` L2-normalised text features, rows ``2k``/``2k+1`` the positive/negative
+            prompt of pair ``k``. Used exactly as given, as the official model uses the stored ones.
         logit_scale: Multiplier of the cosine similarities before the per-pair softmax. 100 is the official
             model; pyiqa's ``qualiclip`` divides by a temperature of 2, i.e. 50.
     """
@@ -176,7 +176,7 @@ class QualiCLIP(nn.Module):
             raise ValueError(f"prompt_features must be (2P, D) with P >= 1 pairs, got {tuple(prompt_features.shape)}")
         self.visual = image_tower
         self.logit_scale = float(logit_scale)
-        self.register_buffer("prompt_features", F.normalize(prompt_features.float(), dim=-1))
+        self.register_buffer("prompt_features", prompt_features.detach().float().clone())
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 

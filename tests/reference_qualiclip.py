@@ -72,7 +72,6 @@ def score(sd: dict, prompt_features: torch.Tensor, images01: torch.Tensor, logit
     """Official QualiCLIP scores of ``N x 3 x H x W`` images in [0, 1]."""
     features = image_features(sd, (images01.double() - MEAN.double()) / STD.double())
     features = features / features.norm(dim=-1, keepdim=True)
-    text = prompt_features.double() / prompt_features.double().norm(dim=-1, keepdim=True)
-    logits = logit_scale * features @ text.T
+    logits = logit_scale * features @ prompt_features.double().T  # stored features are used as they are
     positive, negative = logits[:, 0::2], logits[:, 1::2]
     return (torch.exp(positive) / (torch.exp(positive) + torch.exp(negative))).mean(dim=1)

@@ -94,6 +94,19 @@ def test_official_pair_order(tiny_checkpoint):
         assert torch.allclose(model(images) + swapped(images), torch.ones(2), atol=1e-6)
 
 
+def test_stored_prompt_features_are_used_as_stored(tiny_checkpoint):
+    """The official model does not re-normalise the checkpoint's features; neither may we."""
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    model = load_model(tiny_checkpoint)
+    off_norm = type(model)(model.visual, checkpoint.prompt_features * 1.01)
+    images = _images(64, 64, 2)
+    expected = reference_score(checkpoint.clip_state, checkpoint.prompt_features * 1.01, images)
+    with torch.no_grad():
+        got = off_norm(off_norm.normalize(images)).double()
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, model(model.normalize(images)).double(), atol=1e-4)
+
+
 def test_bad_prompt_feature_shapes(tiny_checkpoint):
     model = load_model(tiny_checkpoint)
     with pytest.raises(ValueError, match=r"\(2P, D\)"):
