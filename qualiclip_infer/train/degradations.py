@@ -10,7 +10,7 @@ Parameters per level 1 -> 5 (ARNIQA's values from its ``utils/distortions.py`` u
 ============================  =======================================  ==========================================
 type                          parameter                                values, level 1 -> 5
 ============================  =======================================  ==========================================
-gaussian_blur                 Gaussian sigma (px)                      *0.3*, 0.5, 1, 2, 5
+gaussian_blur                 Gaussian sigma (px)                      *0.4*, 0.5, 1, 2, 5
 lens_blur                     disk radius (px)                         1, 2, 4, 6, 8
 motion_blur                   line length (px), random angle           1, 2, 4, 6, 10
 color_diffusion               sigma of the Lab a*, b* blur (px)        1, 3, 6, 8, 12
@@ -45,8 +45,9 @@ Where and why the values or the method differ from ARNIQA's:
   Ours only lowers it: a smooth curve through (0, 0), (0.5, 0.5) and (1, 1) whose slope at 0.5 falls with the level;
   like ARNIQA's curve it keeps black and white, unlike ``nonlinear_contrast``. Its level 5 (slope 0.4) is a little
   stronger than ARNIQA's strongest reduction (a = -0.6, slope about 0.5).
-* ``gaussian_blur`` level 1: ARNIQA's sigma 0.1 gives off-centre weights of exp(-50), an exact identity in float32;
-  sigma 0.3 is the mildest real blur.
+* ``gaussian_blur`` level 1: ARNIQA's sigma 0.1 gives off-centre weights of exp(-50), an exact identity in float32.
+  Sigma 0.4 is a mild but real blur, between the identity and level 2 (on the test image: PSNR 43 dB, against 36 dB
+  for sigma 0.5).
 * ``color_saturation_lab`` level 1: ARNIQA's factor 1 is the identity; 1.5 is a mild over-saturation.
 * ``color_saturation_hsv`` level 5 keeps ARNIQA's -0.4: beyond grey (level 4) it turns hues to their complements.
 * ``color_diffusion``: ARNIQA blurs a*, b* with sigma 1.5 a + 2 and then multiplies them by a, which mixes in the
@@ -57,7 +58,8 @@ Where and why the values or the method differ from ARNIQA's:
   i.e. is nearly a box.
 * ``quantization``: values map to their bin centres; ARNIQA maps bin indices to [0, 1] by min-max stretching, which
   also changes contrast.
-* ``pixelate`` downsamples by area averaging rather than nearest neighbour, so that blocks show the average colour.
+* ``pixelate`` downsamples with antialiased bilinear interpolation rather than nearest neighbour, so that each block
+  shows the local average colour instead of aliasing.
 * ``color_shift`` shifts the green channel by a random direction of the given length with bilinear sampling (ARNIQA:
   rounded, first-quadrant directions).
 """
@@ -161,11 +163,11 @@ def _sample_displaced(x: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _square_index(top: Tensor, left: Tensor, size: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """Advanced indices ``(image, row, col)`` selecting a ``size x size`` square at ``(top, left)`` of each image."""
+def _square_index(top: Tensor, left: Tensor, size: int) -> Tuple[Tensor, slice, Tensor, Tensor]:
+    """Index of a ``size x size`` square at ``(top, left)`` in each image; it selects ``N x size x size x C``."""
     offsets = torch.arange(size, device=top.device)
     image = torch.arange(top.shape[0], device=top.device).view(-1, 1, 1)
-    return image, top.view(-1, 1, 1) + offsets.view(1, -1, 1), left.view(-1, 1, 1) + offsets.view(1, 1, -1)
+    return image, slice(None), top.view(-1, 1, 1) + offsets.view(1, -1, 1), left.view(-1, 1, 1) + offsets.view(1, 1, -1)
 
 
 def _quadratic_curve(x: Tensor, middle: float) -> Tensor:
@@ -185,12 +187,15 @@ def _pillow_roundtrip(x: Tensor, **save_args) -> Tensor:
     return torch.from_numpy(np.stack(decoded)).to(x.device).permute(0, 3, 1, 2).to(x.dtype) / 255
 
 
+# Random numbers are always drawn in float32, so that a seed gives the same degradation whatever the input dtype.
+
+
 def _uniform(x: Tensor, generator: Generator, *shape: int) -> Tensor:
-    return torch.rand(*shape, generator=generator, device=x.device, dtype=x.dtype)
+    return torch.rand(*shape, generator=generator, device=x.device).to(x.dtype)
 
 
 def _normal(x: Tensor, generator: Generator, *shape: int) -> Tensor:
-    return torch.randn(*shape, generator=generator, device=x.device, dtype=x.dtype)
+    return torch.randn(*shape, generator=generator, device=x.device).to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------- blur
@@ -212,7 +217,7 @@ def _lens_blur(x: Tensor, radius: float, generator: Generator) -> Tensor:
 
 
 def _motion_blur(x: Tensor, length: float, generator: Generator) -> Tensor:
-    # A segment of the given length at a random angle per image, splatted bilinearly onto the kernel grid.
+    # Splatting a finely sampled segment bilinearly gives an anti-aliased kernel for any angle and sub-pixel length.
     n = x.shape[0]
     r = math.ceil(length / 2)
     angle = _uniform(x, generator, n, 1, 1) * math.pi
@@ -347,7 +352,7 @@ def _non_eccentricity_patch(x: Tensor, count: float, generator: Generator) -> Te
 def _pixelate(x: Tensor, strength: float, generator: Generator) -> Tensor:
     h, w = x.shape[-2:]
     scale = 0.95 - strength**0.6
-    small = F.interpolate(x, size=(max(1, int(h * scale)), max(1, int(w * scale))), mode="area")
+    small = F.interpolate(x, size=(max(1, int(h * scale)), max(1, int(w * scale))), mode="bilinear", antialias=True)
     return F.interpolate(small, size=(h, w), mode="nearest-exact")
 
 
@@ -394,7 +399,7 @@ _Distortion = Callable[[Tensor, float, Generator], Tensor]
 
 _CATALOGUE: Dict[str, Dict[str, Tuple[_Distortion, Tuple[float, ...]]]] = {
     "blur": {
-        "gaussian_blur": (_gaussian, (0.3, 0.5, 1.0, 2.0, 5.0)),
+        "gaussian_blur": (_gaussian, (0.4, 0.5, 1.0, 2.0, 5.0)),
         "lens_blur": (_lens_blur, (1, 2, 4, 6, 8)),
         "motion_blur": (_motion_blur, (1, 2, 4, 6, 10)),
     },
@@ -512,6 +517,8 @@ def degradation_grid(image: Tensor, names: Sequence[str] = DISTORTIONS, tile: in
     """
     if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be a 3 x H x W tensor, got {getattr(image, 'shape', type(image).__name__)}")
+    if not image.is_floating_point():
+        raise ValueError(f"image must be a floating-point tensor in [0, 1], got dtype {image.dtype}")
     if tile < 1:
         raise ValueError(f"tile must be positive, got {tile}")
     names = list(names)
