@@ -7,23 +7,43 @@ Quick start::
     scorer.score("photo.jpg")           # float in [0, 1], higher is better
 """
 
-from ._version import __version__
-from .images import ImageError
-from .model import QualiCLIP
-from .prompts import OFFICIAL_PROMPT_PAIRS
-from .scorer import QualityScorer, load_model
-from .weights import CheckpointError, WeightsNotFoundError, load_checkpoint, resolve_weights, save_checkpoint
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "QualityScorer",
-    "QualiCLIP",
-    "load_model",
-    "OFFICIAL_PROMPT_PAIRS",
-    "ImageError",
-    "CheckpointError",
-    "WeightsNotFoundError",
-    "load_checkpoint",
-    "resolve_weights",
-    "save_checkpoint",
-    "__version__",
-]
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from .images import ImageError
+    from .model import QualiCLIP
+    from .prompts import OFFICIAL_PROMPT_PAIRS
+    from .scorer import QualityScorer, load_model
+    from .weights import CheckpointError, WeightsNotFoundError, load_checkpoint, resolve_weights, save_checkpoint
+
+# Public names and their submodules. They are imported on first use (PEP 562) so that importing the package,
+# e.g. for `qualiclip-score --help`, does not pay for torch and open_clip (several seconds).
+_EXPORTS = {
+    "QualityScorer": "scorer",
+    "QualiCLIP": "model",
+    "load_model": "scorer",
+    "OFFICIAL_PROMPT_PAIRS": "prompts",
+    "ImageError": "images",
+    "CheckpointError": "weights",
+    "WeightsNotFoundError": "weights",
+    "load_checkpoint": "weights",
+    "resolve_weights": "weights",
+    "save_checkpoint": "weights",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted({*globals(), *_EXPORTS})

@@ -12,6 +12,8 @@ from typing import List, Literal, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .images import (ImageError, ImageInput, check_tensor, input_size, name_of, size_batches, to_tensor,
                      unsupported_input)
@@ -24,6 +26,10 @@ _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_BATCH_SIZE = 16
 # 16 Mpx of RN50 activations in fp32 peak near 4 GB on the CPU; bigger batches of big photos buy no speed.
 DEFAULT_MAX_BATCH_PIXELS = 16 * 2**20
+# On the CPU, RN50 gains from batching up to a few 0.1 Mpx, then loses as activations outgrow the caches (measured on
+# 2 Xeon cores: 224x224 fastest in batches of 4-8, 512x384 and up no faster in pairs). 0.5 Mpx batches ten 224x224
+# images and gives photos of 0.5 Mpx and more a batch each, which also bounds memory.
+DEFAULT_MAX_BATCH_PIXELS_CPU = 2**19
 
 
 def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
@@ -102,6 +108,22 @@ def _load(weights: WeightsSpec, prompts, logit_scale: float,
     return model.eval().requires_grad_(False), custom_pairs, path
 
 
+def _fold_batch_norms(module: nn.Module) -> None:
+    """Folds each BatchNorm into the convolution registered just before it, leaving an Identity in its place.
+
+    In CLIP's ModifiedResNet every BatchNorm is registered right after the convolution it normalises (``convK`` then
+    ``bnK``; ``downsample`` is ``avgpool, conv, bn``). In eval mode such a pair is one convolution with a bias: the
+    same scores to float rounding, without a pass over every activation (about 15% of RN50's time on a CPU).
+    """
+    for parent in list(module.modules()):
+        previous_name, previous = None, None
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm2d) and isinstance(previous, nn.Conv2d):
+                setattr(parent, previous_name, fuse_conv_bn_eval(previous, child))
+                setattr(parent, name, nn.Identity())
+            previous_name, previous = name, child
+
+
 class QualityScorer:
     """Scores image quality with QualiCLIP: a float in [0, 1], higher is better.
 
@@ -127,7 +149,8 @@ class QualityScorer:
         local_files_only: Never touch the network; the Hub file must already be cached.
         logit_scale: Scale of the cosine similarities; 100 is the official model, 50 equals pyiqa's
             ``qualiclip`` (which divides by a temperature of 2).
-        max_batch_pixels: Cap on pixels in one batch, so large photos are batched fewer at a time.
+        max_batch_pixels: Cap on pixels in one batch, so large photos are batched fewer at a time; default 0.5 Mpx
+            on the CPU, 16 Mpx elsewhere.
 
     Raises:
         WeightsNotFoundError: The weights are not available (see the message for how to get them).
@@ -147,7 +170,7 @@ class QualityScorer:
         cache_dir: Union[str, os.PathLike, None] = None,
         local_files_only: bool = False,
         logit_scale: float = OFFICIAL_LOGIT_SCALE,
-        max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS,
+        max_batch_pixels: Optional[int] = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -155,11 +178,16 @@ class QualityScorer:
         _check_precision(precision, self.device)
         self.precision = precision
         self.batch_size = int(batch_size)
+        if max_batch_pixels is None:
+            max_batch_pixels = DEFAULT_MAX_BATCH_PIXELS_CPU if self.device.type == "cpu" else DEFAULT_MAX_BATCH_PIXELS
         self.max_batch_pixels = int(max_batch_pixels)
 
         self.model, self.prompts, self.weights_path = _load(weights, prompts, logit_scale, revision=revision,
                                                             cache_dir=cache_dir, local_files_only=local_files_only)
-        self.model.to(self.device)
+        _fold_batch_norms(self.model.visual)
+        # oneDNN and cuDNN convolutions run faster on NHWC tensors (about 1.3x for RN50 on a CPU); same results.
+        self._memory_format = torch.channels_last if self.device.type in ("cpu", "cuda") else torch.contiguous_format
+        self.model.to(self.device, memory_format=self._memory_format)
 
     def __repr__(self) -> str:
         return (f"QualityScorer(weights={str(self.weights_path)!r}, device={str(self.device)!r}, "
@@ -176,7 +204,7 @@ class QualityScorer:
         """
         with torch.inference_mode(), self._autocast():
             batch = self.model.normalize(images.to(self.device, torch.float32, non_blocking=True))
-            return self.model(batch).float().cpu()
+            return self.model(batch.contiguous(memory_format=self._memory_format)).float().cpu()
 
     def score(self, images: Union[ImageInput, Sequence[ImageInput]], *,
               on_error: Literal["raise", "nan"] = "raise") -> Union[float, List[float], torch.Tensor]:
