@@ -1,0 +1,43 @@
+"""Fine-tuning QualiCLIP without human scores: synthetic degradations, ranking losses and a training loop.
+
+Quick start::
+
+    from qualiclip_infer.train import TrainConfig, fit
+    history = fit(TrainConfig(images="pristine/", out="model.pth"))
+    # model.pth is an official-format checkpoint: QualityScorer(weights="model.pth")
+
+The names below are imported on first use, so that importing one submodule (e.g. ``degradations``) does not pull
+in the training loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DISTORTIONS": "degradations",
+    "DISTORTION_GROUPS": "degradations",
+    "NUM_LEVELS": "degradations",
+    "degrade": "degradations",
+    "degradation_grid": "degradations",
+    "LossConfig": "losses",
+    "qualiclip_loss": "losses",
+    "TrainConfig": "loop",
+    "Trainer": "loop",
+    "fit": "loop",
+    "pearson": "loop",
+    "spearman": "loop",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,0 +1,196 @@
+"""``qualiclip-train``: look at the degradation catalogue, and fine-tune QualiCLIP on a folder of pristine images.
+
+Exit status: 0 on success, 2 for bad arguments or inputs found before training starts (one line on stderr),
+1 for a failure during training, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, NoReturn, Optional, Sequence, Tuple
+
+from ..images import open_image, pil_to_tensor
+from .degradations import DISTORTIONS, NUM_LEVELS, degradation_grid
+from .losses import DEFAULT_MARGIN_CONS, DEFAULT_MARGIN_NEG, DEFAULT_MARGIN_POS, LossConfig
+
+OURS = "(our default; not published)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad argument on one line (no usage block) and exits with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: Callable[[str], float], minimum: float, inclusive: bool = True) -> Callable[[str], float]:
+    bound = f">= {minimum}" if inclusive else f"> {minimum}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} {bound}, "
+                                             f"got {text!r}") from None
+        if not (value >= minimum if inclusive else value > minimum):
+            raise argparse.ArgumentTypeError(f"expected a value {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    value = _number(float, 0)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def _distortions(text: str) -> Tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in DISTORTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown distortion(s) {', '.join(unknown) or text!r}; "
+                                         f"choose from: {', '.join(DISTORTIONS)}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``qualiclip-train`` argument parser."""
+    parser = _Parser(prog="qualiclip-train", description="Fine-tune QualiCLIP's image tower without human scores, "
+                     "on synthetically degraded crops of pristine images.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    grid = commands.add_parser("degradations", help="draw every degradation type at every level on one image",
+                               description="Draw the degradation catalogue (one row per type, one column per "
+                               "level) on an image.")
+    grid.add_argument("image", type=Path, help="the image to degrade")
+    grid.add_argument("-o", "--out", type=Path, required=True, help="where to write the grid (e.g. grid.png)")
+    grid.add_argument("--tile", type=_number(int, 1), default=128, help="side of each tile in pixels (default 128)")
+    grid.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the random degradations (default 0)")
+    grid.add_argument("--distortions", type=_distortions, default=DISTORTIONS, metavar="A,B,...",
+                      help="types to draw, comma-separated (default: all 24)")
+
+    fit = commands.add_parser("fit", help="fine-tune on a folder of pristine images",
+                              description="Fine-tune QualiCLIP's image tower with its three margin ranking losses on "
+                              "pairs of overlapping crops degraded at increasing levels, and write a checkpoint in "
+                              "the official format.")
+    where = fit.add_argument_group("data and weights")
+    where.add_argument("--images", type=Path, required=True, help="folder of pristine images (searched recursively)")
+    where.add_argument("--out", type=Path, required=True,
+                       help="fine-tuned checkpoint to write, official QualiCLIP format (e.g. model.pth)")
+    where.add_argument("--init", default=None, metavar="WEIGHTS",
+                       help="initial weights: a local official-format checkpoint or hf-hub:ORG/REPO/FILE "
+                       "(default: the published QualiCLIP.pth; when resuming, the run's own initial weights)")
+    where.add_argument("--crop-size", type=_number(int, 32), default=224, help=f"side of the square crops {OURS}: 224")
+    where.add_argument("--levels", type=_number(int, 2), default=NUM_LEVELS,
+                       help=f"degradation levels per crop, spread over 1..{NUM_LEVELS} {OURS}: {NUM_LEVELS}")
+    where.add_argument("--distortions", type=_distortions, default=DISTORTIONS, metavar="A,B,...",
+                       help="distortion types to draw from, one per sample, comma-separated (default: all 24)")
+    where.add_argument("--workers", type=_number(int, 0), default=4,
+                       help="data-loading processes decoding and cropping images (default 4; 0: none)")
+    where.add_argument("--seed", type=_number(int, 0), default=0,
+                       help="seed of the split, crops, distortion choices and degradations (default 0)")
+
+    optimisation = fit.add_argument_group("optimisation")
+    optimisation.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    optimisation.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                              help="mixed precision, CUDA only; auto: bf16 where supported, else fp16, fp32 off "
+                              "CUDA (default auto)")
+    optimisation.add_argument("--epochs", type=_number(int, 1), default=5, help=f"passes over the images {OURS}: 5")
+    optimisation.add_argument("--steps", type=_number(int, 1), default=None,
+                              help="optimiser steps to train for, overriding --epochs")
+    optimisation.add_argument("--batch-size", type=_number(int, 1), default=16,
+                              help=f"images per micro-batch, each giving 2 crops x L levels {OURS}: 16")
+    optimisation.add_argument("--accumulate", type=_number(int, 1), default=1,
+                              help="micro-batches per optimiser step (default 1)")
+    optimisation.add_argument("--lr", type=_number(float, 0, inclusive=False), default=1e-5,
+                              help=f"AdamW learning rate {OURS}: 1e-5")
+    optimisation.add_argument("--weight-decay", type=_number(float, 0), default=1e-4,
+                              help=f"AdamW weight decay {OURS}: 1e-4")
+    optimisation.add_argument("--train-bn", action="store_true",
+                              help="update BatchNorm running statistics (default: frozen; affine parameters train)")
+    defaults = LossConfig()
+    for term, margin, meaning in (("pos", DEFAULT_MARGIN_POS, "least drop of the positive-prompt similarity "
+                                   "from one level to any stronger one"),
+                                  ("neg", DEFAULT_MARGIN_NEG, "least rise of the negative-prompt similarity "
+                                   "from one level to any stronger one"),
+                                  ("cons", DEFAULT_MARGIN_CONS, "difference between the two crops' similarities "
+                                   "at one level that costs nothing")):
+        optimisation.add_argument(f"--margin-{term}", type=_number(float, 0), default=margin,
+                                  help=f"{meaning}, in cosine similarity {OURS}: {margin}")
+    for term in ("pos", "neg", "cons"):
+        weight = getattr(defaults, f"weight_{term}")
+        optimisation.add_argument(f"--weight-{term}", type=_number(float, 0), default=weight,
+                                  help=f"weight of L_{term} in the total loss {OURS}: {weight:g}")
+
+    checkpoints = fit.add_argument_group("checkpoints and validation")
+    checkpoints.add_argument("--checkpoint-every", type=_number(int, 0), default=1000,
+                             help="write the resumable state OUT_STEM.state.pt every N steps and at the end "
+                             "(default 1000; 0: never)")
+    checkpoints.add_argument("--resume", type=Path, default=None, metavar="STATE",
+                             help="continue from a state file; data settings must match the original run")
+    checkpoints.add_argument("--val-fraction", type=_fraction, default=0.05,
+                             help=f"share of the images held out for validation {OURS}: 0.05")
+    checkpoints.add_argument("--val-crops", type=_number(int, 0), default=240,
+                             help=f"held-out crops, each degraded at every level, for the level SRCC {OURS}: 240")
+    checkpoints.add_argument("--val-every", type=_number(int, 0), default=1,
+                             help="validate every N epochs (default 1; 0: only before and after training)")
+    checkpoints.add_argument("--val-csv", type=Path, default=None, metavar="CSV",
+                             help="a path,mos CSV of human scores: report SRCC and PLCC against it")
+    return parser
+
+
+def _write_grid(args: argparse.Namespace) -> int:
+    image = pil_to_tensor(open_image(args.image))
+    grid = degradation_grid(image, args.distortions, tile=args.tile, seed=args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(args.out)
+    print(f"wrote {args.out} ({grid.width}x{grid.height})", file=sys.stderr)
+    return 0
+
+
+def _fit(args: argparse.Namespace, fail: Callable[[str, int], int]) -> int:
+    from tqdm.auto import tqdm
+
+    from .loop import TrainConfig, Trainer, state_path
+
+    config = TrainConfig(
+        images=args.images, out=args.out, init=args.init, device=args.device, precision=args.precision,
+        epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
+        weight_decay=args.weight_decay, seed=args.seed, crop_size=args.crop_size, levels=args.levels,
+        distortions=args.distortions, train_bn=args.train_bn, checkpoint_every=args.checkpoint_every,
+        resume=args.resume, val_fraction=args.val_fraction, val_crops=args.val_crops, val_every=args.val_every,
+        val_csv=args.val_csv, workers=args.workers,
+        loss=LossConfig(args.margin_pos, args.margin_neg, args.margin_cons,
+                        args.weight_pos, args.weight_neg, args.weight_cons),
+    )
+    trainer = Trainer(config, log=lambda line: tqdm.write(line, file=sys.stderr))
+    print(f"{len(trainer.train_images)} training and {len(trainer.val_images)} validation images; "
+          f"{trainer.total_steps} steps on {trainer.device}", file=sys.stderr)
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        saved = f"; resume from {state_path(config.out)}" if state_path(config.out).is_file() else ""
+        return fail(f"interrupted at step {trainer.step}{saved}", 130)
+    except (ValueError, FloatingPointError, OSError) as error:  # e.g. an unreadable image met mid-run
+        return fail(str(error).splitlines()[0], 1)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs ``qualiclip-train``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"{parser.prog} {args.command}"
+
+    def fail(message: str, status: int) -> int:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return status
+
+    try:
+        return _write_grid(args) if args.command == "degradations" else _fit(args, fail)
+    except (ValueError, OSError) as error:  # Bad inputs found before training: images, weights, settings.
+        return fail(str(error).splitlines()[0] if str(error) else type(error).__name__, 2)
