@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import time
@@ -13,12 +14,11 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from conftest import TINY_CONFIG, natural_image, official_state, random_clip, save_image
+from conftest import natural_image, save_image
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from qualiclip_infer import QualityScorer, load_checkpoint
-from qualiclip_infer.model import CLIP_MEAN, CLIP_STD
 from qualiclip_infer.train.cli import main
 from qualiclip_infer.train.data import (CropStream, degrade_levels, fit_for_crops, keyed_rng, list_images,
                                         overlapping_boxes, read_mos_csv, split_images, spread_levels)
@@ -27,9 +27,9 @@ from qualiclip_infer.train.losses import LossConfig, margin_ranking, prompt_simi
 from qualiclip_infer.train.loop import TrainConfig, Trainer, level_correlations, pearson, rankdata, spearman, state_path
 
 CROP = 64
-# Cheap types whose levels stay distinguishable on 64-pixel crops: the learning test is about the loop.
-LEARNABLE = ("gaussian_blur", "lens_blur", "motion_blur", "white_noise", "white_noise_ycbcr", "jpeg", "pixelate",
-             "jpeg2000")
+# Cheap types whose levels a tiny network tells apart on 64-pixel crops within a few hundred steps (JPEG's take
+# far longer): the learning test is about the loop, the catalogue has its own tests.
+LEARNABLE = ("gaussian_blur", "lens_blur", "motion_blur", "white_noise", "white_noise_ycbcr", "pixelate", "jpeg2000")
 
 
 @pytest.fixture(scope="module")
@@ -227,48 +227,32 @@ def test_level_correlations():
 
 # ------------------------------------------------------------------------------------------- training
 
-def calibrated_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A random tiny CLIP whose BatchNorm statistics are measured on natural images, as a pre-trained model's are.
+def test_training_learns_to_rank_levels(tmp_path, image_folder, tiny_checkpoint, one_thread):
+    """A real run: a random tiny CLIP learns to rank held-out crops by degradation level.
 
-    conftest's random statistics do not match the activations, which leaves the features of a frozen-statistics
-    network nearly blind to its input; measuring them stands in for pre-training.
+    Settings fit a random network, not the pre-trained RN50 the defaults are for: its image-text cosines spread
+    over tenths rather than hundredths, hence larger margins; and BatchNorm statistics that were never measured on
+    images are worth nothing, so they train (with them frozen the random network learns slowly and can collapse
+    to constant features).
     """
-    clip = random_clip(TINY_CONFIG, seed)
-    images = torch.stack([torch.from_numpy(natural_image(CROP, CROP, seed=1000 + i)).permute(2, 0, 1)
-                          for i in range(32)]).float().div(255)
-    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    norms = [m for m in clip.visual.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a plain average over the one batch
-    with torch.no_grad():
-        clip.visual.train()((images - mean) / std)
-    torch.save(official_state(clip.eval()), path)
-    return path
-
-
-def test_training_learns_to_rank_levels(tmp_path, image_folder, one_thread):
-    """A real run: a random tiny CLIP learns to rank held-out crops by degradation level."""
-    init = calibrated_tiny_checkpoint(tmp_path / "init.pth")
-    config = tiny_config(image_folder, init, tmp_path / "tuned.pth", steps=500, batch_size=8, lr=3e-4,
-                         val_crops=96, val_every=0)
+    config = tiny_config(image_folder, tiny_checkpoint, tmp_path / "tuned.pth", steps=400, batch_size=8, lr=1e-3,
+                         train_bn=True, loss=LossConfig(0.05, 0.05, 0.025), val_crops=96, val_every=0)
     started = time.perf_counter()
     history = Trainer(config).run()
     before, after = history[0]["level_srcc"], history[-1]["level_srcc"]
     print(f"\nlevel SRCC {before:.3f} -> {after:.3f} (pooled {history[0]['level_srcc_pooled']:.3f} -> "
           f"{history[-1]['level_srcc_pooled']:.3f}) in {history[-1]['step']} steps, "
           f"{time.perf_counter() - started:.0f} s")
-    assert history[-1]["step"] == 500
+    assert history[-1]["step"] == 400
     assert after > before + 0.3 and after > 0.5
 
-    tuned = load_checkpoint(config.out)
-    initial = load_checkpoint(init)
+    tuned, initial = load_checkpoint(config.out), load_checkpoint(tiny_checkpoint)
     assert set(tuned.clip_state) == set(initial.clip_state)
     assert torch.equal(tuned.prompt_features, initial.prompt_features)
     for key, value in initial.clip_state.items():
         same = torch.equal(tuned.clip_state[key], value)
-        if not key.startswith("visual.") or "running_" in key or "positional_embedding" in key:
-            assert same, key  # text tower, frozen BatchNorm statistics and the unused positional table
+        if not key.startswith("visual.") or key.endswith("positional_embedding"):
+            assert same, key  # the text tower and the position-free pool's unused table are copied
         elif key.endswith(".weight"):
             assert not same, key
     scorer = QualityScorer(weights=config.out, device="cpu")
@@ -318,9 +302,9 @@ def test_resume_reaches_the_uninterrupted_state(tmp_path, image_folder, tiny_che
 
 
 def test_validation_against_a_mos_csv(tmp_path, image_folder, tiny_checkpoint):
-    rows = [f"{p.relative_to(image_folder)},{i % 5 + 1}" for i, p in enumerate(list_images(image_folder)[:6])]
-    (image_folder / "mos.csv").write_text("path,mos\n" + "\n".join(rows) + "\n")
-    trainer = Trainer(tiny_config(image_folder, tiny_checkpoint, tmp_path / "out.pth", val_csv=image_folder / "mos.csv"))
+    rows = [f"{path},{i % 5 + 1}" for i, path in enumerate(list_images(image_folder)[:6])]  # absolute paths
+    (tmp_path / "mos.csv").write_text("path,mos\n" + "\n".join(rows) + "\n")
+    trainer = Trainer(tiny_config(image_folder, tiny_checkpoint, tmp_path / "out.pth", val_csv=tmp_path / "mos.csv"))
     metrics = trainer.evaluate()
     assert set(metrics) == {"level_srcc", "level_srcc_pooled", "mos_srcc", "mos_plcc"}
     assert all(-1 <= value <= 1 for value in metrics.values())
@@ -340,8 +324,9 @@ def test_bad_settings_fail_before_training(tmp_path, image_folder, tiny_checkpoi
 # ------------------------------------------------------------------------------------------- command line
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}  # see one_thread
     return subprocess.run([sys.executable, "-m", "qualiclip_infer.train", *args], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=environment)
 
 
 def test_cli_draws_the_degradation_grid(tmp_path, image_folder):
@@ -385,3 +370,22 @@ def test_cli_rejects_bad_arguments_on_one_line(args, message, tmp_path, image_fo
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("qualiclip-train") and message in error
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_training_on_cuda(precision, tmp_path, image_folder, tiny_checkpoint):
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("no bfloat16 on this GPU")
+    config = tiny_config(image_folder, tiny_checkpoint, tmp_path / "gpu.pth", device="cuda", precision=precision,
+                         steps=3, checkpoint_every=2, workers=2)
+    trainer = Trainer(config)
+    history = trainer.run()
+    assert trainer.scaler.is_enabled() == (precision == "fp16")
+    assert all(math.isfinite(value) for value in history[-1].values())
+    assert QualityScorer(weights=config.out, device="cuda").score(natural_image(64, 64)) >= 0
+    resumed = Trainer(replace(config, steps=5, resume=state_path(config.out)))
+    assert resumed.step == 3
+    resumed.run()
+    assert resumed.step == 5

@@ -7,15 +7,25 @@ Exit status: 0 on success, 2 for bad arguments or inputs found before training s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Optional, Sequence, Tuple
 
 from ..images import open_image, pil_to_tensor
 from .degradations import DISTORTIONS, NUM_LEVELS, degradation_grid
-from .losses import DEFAULT_MARGIN_CONS, DEFAULT_MARGIN_NEG, DEFAULT_MARGIN_POS, LossConfig
+from .loop import PRECISIONS, TrainConfig, Trainer, state_path
+from .losses import LossConfig
 
-OURS = "(our default; not published)"
+# How the help marks a hyper-parameter the paper does not publish (argparse fills in the value).
+OURS = "default %(default)s (our default; not published)"
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+_LOSS_DEFAULTS = LossConfig()
+_MARGIN_MEANINGS = {
+    "pos": "least drop of the positive-prompt similarity from one level to any stronger one",
+    "neg": "least rise of the negative-prompt similarity from one level to any stronger one",
+    "cons": "difference between the two crops' similarities at one level that costs nothing",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,9 +36,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _number(kind: Callable[[str], float], minimum: float, inclusive: bool = True) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` at least (or, not ``inclusive``, above) ``minimum``."""
     bound = f">= {minimum}" if inclusive else f"> {minimum}"
 
-    def parse(text: str):
+    def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
@@ -52,7 +63,7 @@ def _distortions(text: str) -> Tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     unknown = [name for name in names if name not in DISTORTIONS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown distortion(s) {', '.join(unknown) or text!r}; "
+        raise argparse.ArgumentTypeError(f"unknown distortion(s) {', '.join(unknown) or repr(text)}; "
                                          f"choose from: {', '.join(DISTORTIONS)}")
     return names
 
@@ -67,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Draw the degradation catalogue (one row per type, one column per "
                                "level) on an image.")
     grid.add_argument("image", type=Path, help="the image to degrade")
-    grid.add_argument("-o", "--out", type=Path, required=True, help="where to write the grid (e.g. grid.png)")
+    grid.add_argument("-o", "--out", type=Path, required=True, metavar="PATH",
+                      help="where to write the grid (e.g. grid.png)")
     grid.add_argument("--tile", type=_number(int, 1), default=128, help="side of each tile in pixels (default 128)")
     grid.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the random degradations (default 0)")
     grid.add_argument("--distortions", type=_distortions, default=DISTORTIONS, metavar="A,B,...",
@@ -77,68 +89,62 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Fine-tune QualiCLIP's image tower with its three margin ranking losses on "
                               "pairs of overlapping crops degraded at increasing levels, and write a checkpoint in "
                               "the official format.")
+    fit.set_defaults(**_DEFAULTS)
     where = fit.add_argument_group("data and weights")
-    where.add_argument("--images", type=Path, required=True, help="folder of pristine images (searched recursively)")
-    where.add_argument("--out", type=Path, required=True,
+    where.add_argument("--images", type=Path, required=True, metavar="DIR",
+                       help="folder of pristine images (searched recursively)")
+    where.add_argument("--out", type=Path, required=True, metavar="PATH",
                        help="fine-tuned checkpoint to write, official QualiCLIP format (e.g. model.pth)")
-    where.add_argument("--init", default=None, metavar="WEIGHTS",
+    where.add_argument("--init", metavar="WEIGHTS",
                        help="initial weights: a local official-format checkpoint or hf-hub:ORG/REPO/FILE "
                        "(default: the published QualiCLIP.pth; when resuming, the run's own initial weights)")
-    where.add_argument("--crop-size", type=_number(int, 32), default=224, help=f"side of the square crops {OURS}: 224")
-    where.add_argument("--levels", type=_number(int, 2), default=NUM_LEVELS,
-                       help=f"degradation levels per crop, spread over 1..{NUM_LEVELS} {OURS}: {NUM_LEVELS}")
-    where.add_argument("--distortions", type=_distortions, default=DISTORTIONS, metavar="A,B,...",
+    where.add_argument("--crop-size", type=_number(int, 32), help=f"side of the square crops; {OURS}")
+    where.add_argument("--levels", type=_number(int, 2),
+                       help=f"degradation levels per crop, spread over 1..{NUM_LEVELS}; {OURS}")
+    where.add_argument("--distortions", type=_distortions, metavar="A,B,...",
                        help="distortion types to draw from, one per sample, comma-separated (default: all 24)")
-    where.add_argument("--workers", type=_number(int, 0), default=4,
-                       help="data-loading processes decoding and cropping images (default 4; 0: none)")
-    where.add_argument("--seed", type=_number(int, 0), default=0,
-                       help="seed of the split, crops, distortion choices and degradations (default 0)")
+    where.add_argument("--workers", type=_number(int, 0),
+                       help="data-loading processes decoding and cropping images (default %(default)s; 0: none)")
+    where.add_argument("--seed", type=_number(int, 0),
+                       help="seed of the split, crops, distortion choices and degradations (default %(default)s)")
 
     optimisation = fit.add_argument_group("optimisation")
-    optimisation.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    optimisation.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+    optimisation.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default %(default)s)")
+    optimisation.add_argument("--precision", choices=PRECISIONS,
                               help="mixed precision, CUDA only; auto: bf16 where supported, else fp16, fp32 off "
-                              "CUDA (default auto)")
-    optimisation.add_argument("--epochs", type=_number(int, 1), default=5, help=f"passes over the images {OURS}: 5")
-    optimisation.add_argument("--steps", type=_number(int, 1), default=None,
-                              help="optimiser steps to train for, overriding --epochs")
-    optimisation.add_argument("--batch-size", type=_number(int, 1), default=16,
-                              help=f"images per micro-batch, each giving 2 crops x L levels {OURS}: 16")
-    optimisation.add_argument("--accumulate", type=_number(int, 1), default=1,
-                              help="micro-batches per optimiser step (default 1)")
-    optimisation.add_argument("--lr", type=_number(float, 0, inclusive=False), default=1e-5,
-                              help=f"AdamW learning rate {OURS}: 1e-5")
-    optimisation.add_argument("--weight-decay", type=_number(float, 0), default=1e-4,
-                              help=f"AdamW weight decay {OURS}: 1e-4")
+                              "CUDA (default %(default)s)")
+    optimisation.add_argument("--epochs", type=_number(int, 1), help=f"passes over the images; {OURS}")
+    optimisation.add_argument("--steps", type=_number(int, 1), help="optimiser steps to train for, overriding --epochs")
+    optimisation.add_argument("--batch-size", type=_number(int, 1),
+                              help=f"images per micro-batch, each giving 2 crops x L levels; {OURS}")
+    optimisation.add_argument("--accumulate", type=_number(int, 1),
+                              help="micro-batches per optimiser step (default %(default)s)")
+    optimisation.add_argument("--lr", type=_number(float, 0, inclusive=False), help=f"AdamW learning rate; {OURS}")
+    optimisation.add_argument("--weight-decay", type=_number(float, 0), help=f"AdamW weight decay; {OURS}")
     optimisation.add_argument("--train-bn", action="store_true",
                               help="update BatchNorm running statistics (default: frozen; affine parameters train)")
-    defaults = LossConfig()
-    for term, margin, meaning in (("pos", DEFAULT_MARGIN_POS, "least drop of the positive-prompt similarity "
-                                   "from one level to any stronger one"),
-                                  ("neg", DEFAULT_MARGIN_NEG, "least rise of the negative-prompt similarity "
-                                   "from one level to any stronger one"),
-                                  ("cons", DEFAULT_MARGIN_CONS, "difference between the two crops' similarities "
-                                   "at one level that costs nothing")):
-        optimisation.add_argument(f"--margin-{term}", type=_number(float, 0), default=margin,
-                                  help=f"{meaning}, in cosine similarity {OURS}: {margin}")
-    for term in ("pos", "neg", "cons"):
-        weight = getattr(defaults, f"weight_{term}")
-        optimisation.add_argument(f"--weight-{term}", type=_number(float, 0), default=weight,
-                                  help=f"weight of L_{term} in the total loss {OURS}: {weight:g}")
+    for term, meaning in _MARGIN_MEANINGS.items():
+        optimisation.add_argument(f"--margin-{term}", type=_number(float, 0),
+                                  default=getattr(_LOSS_DEFAULTS, f"margin_{term}"),
+                                  help=f"{meaning}, in cosine similarity; {OURS}")
+    for term in _MARGIN_MEANINGS:
+        optimisation.add_argument(f"--weight-{term}", type=_number(float, 0),
+                                  default=getattr(_LOSS_DEFAULTS, f"weight_{term}"),
+                                  help=f"weight of L_{term} in the total loss; {OURS}")
 
     checkpoints = fit.add_argument_group("checkpoints and validation")
-    checkpoints.add_argument("--checkpoint-every", type=_number(int, 0), default=1000,
+    checkpoints.add_argument("--checkpoint-every", type=_number(int, 0), metavar="N",
                              help="write the resumable state OUT_STEM.state.pt every N steps and at the end "
-                             "(default 1000; 0: never)")
-    checkpoints.add_argument("--resume", type=Path, default=None, metavar="STATE",
+                             "(default %(default)s; 0: never)")
+    checkpoints.add_argument("--resume", type=Path, metavar="STATE",
                              help="continue from a state file; data settings must match the original run")
-    checkpoints.add_argument("--val-fraction", type=_fraction, default=0.05,
-                             help=f"share of the images held out for validation {OURS}: 0.05")
-    checkpoints.add_argument("--val-crops", type=_number(int, 0), default=240,
-                             help=f"held-out crops, each degraded at every level, for the level SRCC {OURS}: 240")
-    checkpoints.add_argument("--val-every", type=_number(int, 0), default=1,
-                             help="validate every N epochs (default 1; 0: only before and after training)")
-    checkpoints.add_argument("--val-csv", type=Path, default=None, metavar="CSV",
+    checkpoints.add_argument("--val-fraction", type=_fraction,
+                             help=f"share of the images held out for validation; {OURS}")
+    checkpoints.add_argument("--val-crops", type=_number(int, 0),
+                             help=f"held-out crops, each degraded at every level, for the level SRCC; {OURS}")
+    checkpoints.add_argument("--val-every", type=_number(int, 0), metavar="N",
+                             help="validate every N epochs (default %(default)s; 0: only before and after training)")
+    checkpoints.add_argument("--val-csv", type=Path, metavar="CSV",
                              help="a path,mos CSV of human scores: report SRCC and PLCC against it")
     return parser
 
@@ -152,21 +158,17 @@ def _write_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> TrainConfig:
+    settings = {name: getattr(args, name) for name in _DEFAULTS if name not in ("loss", "prompts", "progress")}
+    loss = LossConfig(**{f"{kind}_{term}": getattr(args, f"{kind}_{term}")
+                         for kind in ("margin", "weight") for term in _MARGIN_MEANINGS})
+    return TrainConfig(images=args.images, out=args.out, loss=loss, **settings)
+
+
 def _fit(args: argparse.Namespace, fail: Callable[[str, int], int]) -> int:
     from tqdm.auto import tqdm
 
-    from .loop import TrainConfig, Trainer, state_path
-
-    config = TrainConfig(
-        images=args.images, out=args.out, init=args.init, device=args.device, precision=args.precision,
-        epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
-        weight_decay=args.weight_decay, seed=args.seed, crop_size=args.crop_size, levels=args.levels,
-        distortions=args.distortions, train_bn=args.train_bn, checkpoint_every=args.checkpoint_every,
-        resume=args.resume, val_fraction=args.val_fraction, val_crops=args.val_crops, val_every=args.val_every,
-        val_csv=args.val_csv, workers=args.workers,
-        loss=LossConfig(args.margin_pos, args.margin_neg, args.margin_cons,
-                        args.weight_pos, args.weight_neg, args.weight_cons),
-    )
+    config = _config(args)
     trainer = Trainer(config, log=lambda line: tqdm.write(line, file=sys.stderr))
     print(f"{len(trainer.train_images)} training and {len(trainer.val_images)} validation images; "
           f"{trainer.total_steps} steps on {trainer.device}", file=sys.stderr)

@@ -271,16 +271,19 @@ class Trainer:
         if not self.history:
             self._validate(losses=[])
         losses: List[float] = []
+        pending: List[LossTerms] = []  # the micro-batches of the step being accumulated
         with tqdm(total=self.total_steps, initial=self.step, disable=not progress, file=sys.stderr,
                   unit="step", dynamic_ncols=True) as bar:
             while self.step < self.total_steps:
                 epoch, first_batch = divmod(self.micro_batch, self.batches_per_epoch)
                 for batch in self._train_loader(epoch, first_batch):
-                    terms = self._forward_backward(batch)
+                    pending.append(self._forward_backward(batch))
                     self.micro_batch += 1
                     if self.micro_batch % config.accumulate:
                         continue
                     self._optimizer_step()
+                    terms = LossTerms(*(torch.stack(values).mean() for values in zip(*pending)))
+                    pending = []
                     losses.append(float(terms.total))
                     bar.update()
                     bar.set_postfix(loss=f"{terms.total:.4f}", pos=f"{terms.pos:.4f}", neg=f"{terms.neg:.4f}",
@@ -296,7 +299,7 @@ class Trainer:
         if self.history[-1]["step"] != self.step:
             self._validate(losses)
         self.export(config.out)
-        if config.checkpoint_every:
+        if config.checkpoint_every:  # again, so that the state holds the final validation too
             self.save_state(state_path(config.out))
         return self.history
 
@@ -319,7 +322,7 @@ class Trainer:
         self.model.train()
         if not self.config.train_bn:
             for module in self.model.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                if isinstance(module, torch.nn.BatchNorm2d):
                     module.eval()
 
     def _degraded(self, batch: Tuple[torch.Tensor, torch.Tensor], seed: int) -> torch.Tensor:

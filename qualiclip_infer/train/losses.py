@@ -29,15 +29,12 @@ from typing import NamedTuple, Tuple
 import torch
 import torch.nn.functional as F
 
-# Our defaults; the paper does not publish them (see the module docstring for the reasoning).
-DEFAULT_MARGIN_POS = 0.01
-DEFAULT_MARGIN_NEG = 0.01
-DEFAULT_MARGIN_CONS = 0.005
-
 
 @dataclass(frozen=True)
 class LossConfig:
     """Margins (on cosine similarity) and weights of the three losses (our defaults; not published).
+
+    The module docstring explains the default margins.
 
     Attributes:
         margin_pos: Least drop in similarity to the positive prompt from one level to any stronger one.
@@ -48,9 +45,9 @@ class LossConfig:
         weight_cons: Weight of ``L_cons`` in the total.
     """
 
-    margin_pos: float = DEFAULT_MARGIN_POS
-    margin_neg: float = DEFAULT_MARGIN_NEG
-    margin_cons: float = DEFAULT_MARGIN_CONS
+    margin_pos: float = 0.01
+    margin_neg: float = 0.01
+    margin_cons: float = 0.005
     weight_pos: float = 1.0
     weight_neg: float = 1.0
     weight_cons: float = 1.0
