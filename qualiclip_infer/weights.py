@@ -124,8 +124,11 @@ def _download(hub_file: HubFile, *, cache_dir, local_files_only: bool) -> Path:
             f"{' (offline mode)' if local_files_only else ''}. Run once with network access, set HF_ENDPOINT to a "
             f"reachable mirror, or pass a local checkpoint path as weights."
         ) from error
-    except (EntryNotFoundError, HfHubHTTPError) as error:
+    except (EntryNotFoundError, HfHubHTTPError, OSError) as error:
         raise WeightsNotFoundError(f"{hub_file} could not be downloaded: {first_line(error)}") from error
+    except Exception as error:  # the HTTP client's own errors (connection reset, timeouts) vary by version
+        raise WeightsNotFoundError(f"{hub_file} could not be downloaded: {type(error).__name__}: "
+                                   f"{first_line(error)}") from error
 
 
 @dataclass(frozen=True)
