@@ -96,9 +96,7 @@ def prompt_features(checkpoint: Checkpoint, pairs: Optional[Sequence[Sequence[st
 def _read_cached(file: Path, pairs: Tuple[PromptPair, ...], embed_dim: int) -> Optional[torch.Tensor]:
     try:
         entry = torch.load(file, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        return None
-    except Exception:  # A corrupt cache entry is rebuilt, never fatal.
+    except Exception:  # A missing or corrupt cache entry is rebuilt, never fatal.
         return None
     valid = (isinstance(entry, Mapping) and [tuple(p) for p in entry.get("prompts", ())] == list(pairs)
              and isinstance(entry.get("features"), torch.Tensor)
