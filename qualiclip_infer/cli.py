@@ -24,10 +24,11 @@ import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Set, TextIO, Tuple, Union
+from typing import TYPE_CHECKING, AbstractSet, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Set, TextIO, Tuple, Union
 
 from ._errors import first_line
 from ._version import __version__
+from .files import image_extensions
 
 if TYPE_CHECKING:
     import torch
@@ -196,13 +197,6 @@ def read_prompts(path: str) -> List[Tuple[str, str]]:
 # Finding images
 
 
-def image_extensions() -> Set[str]:
-    """Lower-case file extensions (with the dot) of every format Pillow can open."""
-    from PIL import Image
-
-    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-
-
 def find_images(paths: Sequence[str], *, recursive: bool = True, hidden: bool = False) -> List[str]:
     """Expands files, folders and glob patterns into image paths: per argument sorted, duplicates dropped.
 
@@ -227,7 +221,7 @@ def find_images(paths: Sequence[str], *, recursive: bool = True, hidden: bool = 
     return list(found)
 
 
-def _walk(folder: str, recursive: bool, hidden: bool, extensions: Set[str]) -> List[str]:
+def _walk(folder: str, recursive: bool, hidden: bool, extensions: AbstractSet[str]) -> List[str]:
     files = []
     for top, folders, names in os.walk(folder, onerror=_report_unlistable):
         folders[:] = [name for name in folders if recursive and (hidden or not name.startswith("."))]
@@ -236,7 +230,7 @@ def _walk(folder: str, recursive: bool, hidden: bool, extensions: Set[str]) -> L
     return sorted(files)
 
 
-def _glob(pattern: str, recursive: bool, hidden: bool, extensions: Set[str]) -> List[str]:
+def _glob(pattern: str, recursive: bool, hidden: bool, extensions: AbstractSet[str]) -> List[str]:
     # include_hidden exists from Python 3.11; before, wildcards never match hidden names.
     options = {"include_hidden": True} if hidden and sys.version_info >= (3, 11) else {}
     files = []

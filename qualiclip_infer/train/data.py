@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..files import image_extensions
 from ..images import open_image
 from .degradations import NUM_LEVELS, degrade
 
@@ -27,11 +28,6 @@ MAX_CROP_SHIFT = 0.5
 
 # Purposes that key the random streams.
 TRAIN_SAMPLES, TRAIN_DEGRADATIONS, VALIDATION_SAMPLES, VALIDATION_DEGRADATIONS, SPLIT = range(5)
-
-IMAGE_SUFFIXES = frozenset(
-    suffix for suffix, image_format in Image.registered_extensions().items() if image_format in Image.OPEN
-)
-
 
 def derive_seed(*keys: int) -> int:
     """A 63-bit seed that depends on all ``keys`` (non-negative ints) and on nothing else."""
@@ -52,7 +48,7 @@ def list_images(root: Union[str, os.PathLike]) -> List[Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder")
-    return sorted(path for path in root.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+    return sorted(path for path in root.rglob("*") if path.suffix.lower() in image_extensions() and path.is_file())
 
 
 def split_images(paths: Sequence[Path], val_fraction: float, seed: int) -> Tuple[List[Path], List[Path]]:
