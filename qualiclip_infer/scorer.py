@@ -22,7 +22,8 @@ from .prompts import OFFICIAL_PROMPT_PAIRS, PromptPair, as_prompt_pairs, prompt_
 from .weights import WeightsSpec, load_checkpoint, resolve_weights
 
 Precision = Literal["fp32", "fp16", "bf16"]
-_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# Reduced precisions by name; the trainer uses the same names.
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_BATCH_SIZE = 16
 # 16 Mpx of RN50 activations in fp32 peak near 4 GB on the CPU; bigger batches of big photos buy no speed.
 DEFAULT_MAX_BATCH_PIXELS = 16 * 2**20
@@ -61,7 +62,7 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
 def _check_precision(precision: str, device: torch.device) -> None:
     if precision == "fp32":
         return
-    if precision not in _AUTOCAST_DTYPES:
+    if precision not in AUTOCAST_DTYPES:
         raise ValueError(f"precision {precision!r}: expected fp32, fp16 or bf16")
     if not torch.amp.is_autocast_available(device.type):
         raise ValueError(f"precision {precision!r}: autocast is not supported on {device.type}")
@@ -69,7 +70,7 @@ def _check_precision(precision: str, device: torch.device) -> None:
         raise ValueError(f"precision 'bf16': {torch.cuda.get_device_name(device)} does not support bfloat16")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision]):
+        with torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision]):
             pass
     if caught:
         raise ValueError(f"precision {precision!r} is not supported on {device.type}: {caught[0].message}")
@@ -268,5 +269,5 @@ class QualityScorer:
     def _autocast(self):
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
 

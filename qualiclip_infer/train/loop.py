@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from ..images import to_tensor
 from ..model import MIN_IMAGE_SIDE, QualiCLIP
 from ..prompts import as_prompt_pairs, prompt_features
-from ..scorer import resolve_device
+from ..scorer import AUTOCAST_DTYPES, resolve_device
 from ..weights import WeightsSpec, load_checkpoint, resolve_weights, save_checkpoint
 from .data import (CROPS_PER_SAMPLE, TRAIN_DEGRADATIONS, TRAIN_SAMPLES, VALIDATION_DEGRADATIONS, VALIDATION_SAMPLES,
                    CropStream, degrade_levels, derive_seed, list_images, read_mos_csv, split_images, spread_levels)
@@ -30,7 +30,6 @@ from .losses import LossConfig, LossTerms, prompt_similarities, qualiclip_loss
 
 STATE_FORMAT = "qualiclip-train-state/1"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 Log = Callable[[str], None]
 
@@ -186,7 +185,7 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
         raise ValueError(f"precision {precision!r}: mixed-precision training runs on CUDA only, not {device.type}")
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"precision 'bf16': {torch.cuda.get_device_name(device)} does not support bfloat16")
-    return _AUTOCAST_DTYPES[precision]
+    return AUTOCAST_DTYPES[precision]
 
 
 def state_path(out: Union[str, os.PathLike]) -> Path:
