@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import hashlib
 import io
 import json
@@ -24,11 +23,11 @@ import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AbstractSet, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Set, TextIO, Tuple, Union
+from typing import TYPE_CHECKING, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Set, TextIO, Tuple, Union
 
 from ._errors import first_line
 from ._version import __version__
-from .files import image_extensions
+from .files import InputNotFoundError, find_images
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +40,6 @@ FORMATS = ("table", "csv", "jsonl", "json")
 RESUMABLE_FORMATS = ("csv", "jsonl")
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
-_GLOB_MAGIC = re.compile(r"[*?[]")
 # Headers are read this many files at a time; equal sizes are batched within such a window, and rows wait at most
 # for the rest of their window to keep input order.
 _PROBE_WINDOW = 256
@@ -195,55 +193,6 @@ def read_prompts(path: str) -> List[Tuple[str, str]]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Finding images
-
-
-def find_images(paths: Sequence[str], *, recursive: bool = True, hidden: bool = False) -> List[str]:
-    """Expands files, folders and glob patterns into image paths: per argument sorted, duplicates dropped.
-
-    A file named literally is kept whatever its extension. Folder contents and glob matches are kept if Pillow can
-    open their extension. Names starting with '.' found in folders or by wildcards are skipped unless ``hidden``.
-
-    Raises:
-        UsageError: An argument is neither an existing path nor a glob pattern.
-    """
-    extensions = image_extensions()
-    found: Dict[str, None] = {}
-    for arg in paths:
-        if os.path.isdir(arg):
-            matches = _walk(arg, recursive, hidden, extensions)
-        elif os.path.lexists(arg):
-            matches = [arg]
-        elif _GLOB_MAGIC.search(arg):
-            matches = _glob(arg, recursive, hidden, extensions)
-        else:
-            raise UsageError(f"{arg}: no such file or folder")
-        found.update((os.path.normpath(path), None) for path in matches)
-    return list(found)
-
-
-def _walk(folder: str, recursive: bool, hidden: bool, extensions: AbstractSet[str]) -> List[str]:
-    files = []
-    for top, folders, names in os.walk(folder, onerror=_report_unlistable):
-        folders[:] = [name for name in folders if recursive and (hidden or not name.startswith("."))]
-        files.extend(os.path.join(top, name) for name in names
-                     if (hidden or not name.startswith(".")) and os.path.splitext(name)[1].lower() in extensions)
-    return sorted(files)
-
-
-def _glob(pattern: str, recursive: bool, hidden: bool, extensions: AbstractSet[str]) -> List[str]:
-    # include_hidden exists from Python 3.11; before, wildcards never match hidden names.
-    options = {"include_hidden": True} if hidden and sys.version_info >= (3, 11) else {}
-    files = []
-    for match in sorted(glob.glob(pattern, recursive=True, **options)):
-        if os.path.isdir(match):
-            files.extend(_walk(match, recursive, hidden, extensions))
-        elif os.path.splitext(match)[1].lower() in extensions:
-            files.append(match)
-    return files
-
-
-def _report_unlistable(error: OSError) -> None:
-    print(f"{PROG}: {error.filename}: cannot list folder: {error.strerror}", file=sys.stderr)
 
 
 def in_shard(path: str, shard: int, shards: int) -> bool:
@@ -601,7 +550,10 @@ def _run(args: argparse.Namespace) -> int:
         # huggingface_hub reads this once, on import: set before anything imports it.
         os.environ["HF_HUB_OFFLINE"] = "1"
     prompts = read_prompts(args.prompts) if args.prompts else None
-    paths = find_images(args.paths, recursive=args.recursive, hidden=args.hidden)
+    try:
+        paths = find_images(args.paths, recursive=args.recursive, hidden=args.hidden)
+    except InputNotFoundError as error:
+        raise UsageError(str(error)) from None
     if not paths:
         raise UsageError(f"no images found in {' '.join(args.paths)}")
     if args.shard:

@@ -28,7 +28,8 @@ from conftest import natural_image, save_image
 from PIL import Image
 
 from qualiclip_infer import QualityScorer
-from qualiclip_infer.cli import UsageError, find_images, in_shard, parse_shard, read_finished, read_prompts
+from qualiclip_infer.cli import UsageError, in_shard, parse_shard, read_finished, read_prompts
+from qualiclip_infer.files import InputNotFoundError, find_images
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("qualiclip-score")
 SUBPROCESS_TIMEOUT = 180
@@ -381,7 +382,7 @@ def test_find_images_globs_explicit_files_and_duplicates(images, tmp_path):
     assert find_images([os.fspath(good / "notes.txt")]) == [os.fspath(good / "notes.txt")]  # a named file: always
     assert find_images([f"{good}/./b.jpg", f"{good}/a.jpg", f"{good}/*.jpg"]) == [
         os.fspath(good / n) for n in ("b.jpg", "a.jpg", "f_cmyk.jpg")]
-    with pytest.raises(UsageError, match="no such file"):
+    with pytest.raises(InputNotFoundError, match="no such file"):
         find_images([os.fspath(tmp_path / "absent.jpg")])
 
 
