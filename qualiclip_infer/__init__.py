@@ -14,8 +14,11 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from .images import ImageError
+    from .loss import QualiCLIPLoss
+    from .maps import QualityMap
     from .model import QualiCLIP
     from .prompts import OFFICIAL_PROMPT_PAIRS
+    from .render import render_map, save_map
     from .scorer import QualityScorer, load_model
     from .weights import CheckpointError, WeightsNotFoundError, load_checkpoint, resolve_weights, save_checkpoint
 
@@ -32,6 +35,10 @@ _EXPORTS = {
     "load_checkpoint": "weights",
     "resolve_weights": "weights",
     "save_checkpoint": "weights",
+    "QualityMap": "maps",
+    "save_map": "render",
+    "render_map": "render",
+    "QualiCLIPLoss": "loss",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Deque, Dict, Iterable, Iterator, List, Optiona
 
 from ._errors import first_line
 from ._version import __version__
-from .files import InputNotFoundError, find_images
+from .files import InputNotFoundError, find_images, mirrored_paths
 
 if TYPE_CHECKING:
     import torch
@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--summary", action="store_true",
                      help="print count, mean, median, min, max and failures to standard error")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-file error messages")
+    out.add_argument("--maps", metavar="DIR",
+                     help="also draw a quality map of each scored image, a PNG under DIR named after the image "
+                          "(x.jpg -> x.jpg.png), in the input's folders below the deepest one holding all inputs")
+    out.add_argument("--map-method", choices=("windows", "tokens"), default="windows",
+                     help="with --maps: windows (each cell the exact score of a 224x224 crop, every 112 pixels; "
+                          "default) or tokens (one pass, a cell per 32x32 pixels; an approximation)")
 
     model = parser.add_argument_group("model")
     model.add_argument("--weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
@@ -556,6 +562,10 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     if not paths:
         raise UsageError(f"no images found in {' '.join(args.paths)}")
+    # From every path found, before sharding and resuming, so that each run lays maps out the same way.
+    map_files = mirrored_paths(paths, args.maps, ".png") if args.maps else {}
+    if args.maps and os.path.exists(args.maps) and not os.path.isdir(args.maps):
+        raise UsageError(f"--maps {args.maps}: not a folder")
     if args.shard:
         paths = [path for path in paths if in_shard(path, *args.shard)]
     finished, has_content = read_finished(args.output, fmt) if args.resume else (set(), False)
@@ -568,13 +578,14 @@ def _run(args: argparse.Namespace) -> int:
     stream = _open_output(args.output, append=args.resume)
     try:
         writer = RowWriter(stream, fmt, header=not has_content, path_width=max(map(len, paths), default=4))
-        scores, failures = _score_and_write(scorer, paths, args, writer)
+        maps = _MapWriter(scorer, map_files, args.map_method) if args.maps else None
+        scores, failures = _score_and_write(scorer, paths, args, writer, maps)
     finally:
         if stream is not sys.stdout:
             stream.close()
     if args.summary:
         print(summary(scores, failures), file=sys.stderr)
-    return EXIT_FAILURES if failures else EXIT_OK
+    return EXIT_FAILURES if failures or (maps and maps.failures) else EXIT_OK
 
 
 def _output_format(args: argparse.Namespace) -> str:
@@ -625,14 +636,16 @@ def _open_output(path: Optional[str], append: bool) -> TextIO:
 
 
 def _score_and_write(scorer: QualityScorer, paths: Sequence[str], args: argparse.Namespace,
-                     writer: RowWriter) -> Tuple[List[float], int]:
-    """Scores, reports and writes every path; returns the scores and the number of failures."""
+                     writer: RowWriter, maps: Optional[_MapWriter] = None) -> Tuple[List[float], int]:
+    """Scores, reports and writes every path (and draws its map); returns the scores and the number of failures."""
     scores: List[float] = []
     failures = 0
     held: List[Row] = []
     progress = _Progress(len(paths), args.quiet)
     try:
         for rows in score_files(scorer, paths, args.workers):
+            if maps is not None:
+                maps.write(rows)
             progress.advance(rows)
             scores.extend(row.score for row in rows if row.score is not None)
             failures += sum(1 for row in rows if row.score is None)
@@ -647,6 +660,33 @@ def _score_and_write(scorer: QualityScorer, paths: Sequence[str], args: argparse
         progress.close()
         writer.close()
     return scores, failures
+
+
+class _MapWriter:
+    """Draws the quality map of each scored row into its ``--maps`` file; a failure is reported and counted."""
+
+    def __init__(self, scorer: QualityScorer, files: Dict[str, str], method: str):
+        self._scorer = scorer
+        self._files = files
+        self._method = method
+        self.failures = 0
+
+    def write(self, rows: Iterable[Row]) -> None:
+        from .images import to_tensor
+        from .render import save_map
+
+        for row in rows:
+            if row.score is None:
+                continue
+            target = self._files[row.path]
+            try:
+                image = to_tensor(row.path, row.path)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                save_map(image, self._scorer.quality_map(image, method=self._method), target)
+            except Exception as error:  # a map is extra: the row is scored and written all the same
+                self.failures += 1
+                print(f"{PROG}: {row.path}: quality map not written to {target}: {_cause(error, row.path)}",
+                      file=sys.stderr, flush=True)
 
 
 def _in_range(row: Row, low: Optional[float], high: Optional[float]) -> bool:

@@ -8,6 +8,7 @@ over all tokens (to float rounding) while time and memory grow linearly with the
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Mapping
@@ -158,6 +159,15 @@ class PositionFreeAttentionPool(nn.Module):
         values = values.reshape(n, c) + self.v_proj.bias
         return self.c_proj(values)
 
+    def project_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Projects every position of ``N x C x h x w`` trunk features as the pool projects values (value, then
+        output projection), giving ``N x h x w x output_dim``.
+
+        The pooled feature is the attention-weighted mean of these projections (the weights sum to one), so each
+        is the feature the image would get if the pool attended to that position alone.
+        """
+        return self.c_proj(self.v_proj(x.permute(0, 2, 3, 1)))
+
 
 class QualiCLIP(nn.Module):
     """QualiCLIP: image tower plus antonym-prompt score head. ``forward`` maps normalised images to scores.
@@ -192,13 +202,52 @@ class QualiCLIP(nn.Module):
         """Image features (not L2-normalised) of CLIP-normalised images."""
         return self.visual(normalized)
 
+    def trunk_features(self, normalized: torch.Tensor) -> torch.Tensor:
+        """The ResNet trunk's ``N x C x h x w`` output (stride 32), the input of the attention pool."""
+        visual = self.visual
+        return visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(normalized)))))
+
     def score_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Scores image features: mean over prompt pairs of the softmax probability of the positive prompt."""
-        features = F.normalize(features.float(), dim=-1)
-        logits = self.logit_scale * features @ self.prompt_features.T
-        return logits.view(-1, self.num_pairs, 2).softmax(dim=-1)[..., 0].mean(dim=1)
+        """Scores image features ``(..., D)``: mean over prompt pairs of the softmax probability of the positive
+        prompt, ``(...)``. Computed in at least float32, also under autocast.
+
+        The softmax of a pair's two logits is the sigmoid of their difference, ``scale * (cos+ - cos-)``. Taking the
+        difference of the prompt features first avoids rounding each logit (up to 100 in size) before subtracting:
+        that would cost ~1e-6 of score in float32, and make scores depend on how features were batched.
+        """
+        if features.dtype in (torch.float16, torch.bfloat16):
+            features = features.float()
+        with _full_precision(features.device.type):
+            prompts = self.prompt_features.to(features.dtype)
+            margins = F.normalize(features, dim=-1) @ (prompts[0::2] - prompts[1::2]).T
+            return torch.sigmoid(self.logit_scale * margins).mean(dim=-1)
 
     def forward(self, normalized: torch.Tensor) -> torch.Tensor:
         """Scores CLIP-normalised images ``N x 3 x H x W`` (H, W >= 32), returning ``(N,)`` values in [0, 1]."""
         return self.score_features(self.encode_image(normalized))
+
+    def token_scores(self, normalized: torch.Tensor) -> torch.Tensor:
+        """A dense quality map: ``N x h x w`` scores, one per position of the trunk's stride-32 feature grid.
+
+        Each position is projected as the attention pool projects values
+        (:meth:`PositionFreeAttentionPool.project_tokens`) and scored like an image feature. This is a dense
+        approximation of local quality, not the score of any crop: each position sees far beyond its 32x32 cell
+        (the trunk's receptive field spans hundreds of pixels), and the whole-image score scores the attention-weighted
+        mean of these projections, not a mean of their scores.
+        """
+        return self.scores_and_token_scores(normalized)[1]
+
+    def scores_and_token_scores(self, normalized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(N,)`` image scores and the ``N x h x w`` :meth:`token_scores`, from one pass of the trunk."""
+        trunk = self.trunk_features(normalized)
+        scores = self.score_features(self.visual.attnpool(trunk))
+        return scores, self.score_features(self.visual.attnpool.project_tokens(trunk))
+
+
+def _full_precision(device_type: str):
+    """Switches autocast off where it exists: with ``100 x cos`` logits, fp16 rounding would move scores by ~1e-2."""
+    is_available = getattr(torch.amp, "is_autocast_available", None)  # torch >= 2.4
+    if is_available(device_type) if is_available else device_type in ("cpu", "cuda"):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 

@@ -7,7 +7,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import List, Literal, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from .images import (ImageError, ImageInput, check_tensor, input_size, name_of, 
 from .model import OFFICIAL_LOGIT_SCALE, QualiCLIP
 from .prompts import OFFICIAL_PROMPT_PAIRS, PromptPair, as_prompt_pairs, prompt_features
 from .weights import WeightsSpec, load_checkpoint, resolve_weights
+
+if TYPE_CHECKING:
+    from .maps import QualityMap
 
 Precision = Literal["fp32", "fp16", "bf16"]
 # Reduced precisions by name; the trainer uses the same names.
@@ -204,8 +207,52 @@ class QualityScorer:
             ``(N,)`` float32 scores on the CPU.
         """
         with torch.inference_mode(), self._autocast():
-            batch = self.model.normalize(images.to(self.device, torch.float32, non_blocking=True))
-            return self.model(batch.contiguous(memory_format=self._memory_format)).float().cpu()
+            return self.model(self._network_input(images)).float().cpu()
+
+    def scores_and_token_scores_tensor(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Scores one batch of equally sized images and gives their tokens quality maps, from one forward pass.
+
+        Args:
+            images: Float tensor ``N x 3 x H x W`` with values in [0, 1], on any device (H, W >= 32).
+
+        Returns:
+            ``(N,)`` float32 scores and ``N x h x w`` float32 :meth:`QualiCLIP.token_scores`, on the CPU.
+        """
+        with torch.inference_mode(), self._autocast():
+            scores, tokens = self.model.scores_and_token_scores(self._network_input(images))
+            return scores.float().cpu(), tokens.float().cpu()
+
+    def quality_map(self, image: ImageInput, *, method: Literal["windows", "tokens"] = "windows",
+                    window: int = 224, stride: int = 112) -> "QualityMap":
+        """Where the image is good or poor: a grid of local scores, plus the whole image's score.
+
+        Args:
+            image: A path, PIL image, uint8 numpy array or float tensor ``3 x H x W`` in [0, 1].
+            method: ``windows``: each cell is the exact score of a ``window`` x ``window`` crop (the value
+                :meth:`score` gives that crop), crops every ``stride`` pixels, the last row and column aligned to the
+                border so every pixel is covered; a side shorter than the window gets one cell spanning it.
+                ``tokens``: one forward pass; a cell per 32 x 32 pixels, each position of the trunk's feature grid
+                scored as if the attention pool had attended to it alone. A dense approximation, not the score of
+                any crop; ``window`` and ``stride`` do not apply.
+            window: Crop side in pixels (at least 32), for ``windows``.
+            stride: Pixels between crop starts (1 to ``window``), for ``windows``.
+
+        Returns:
+            A :class:`~qualiclip_infer.maps.QualityMap`: ``values`` (``h x w`` in [0, 1]), ``boxes`` (each cell's
+            ``left, top, right, bottom``), ``score`` (the whole image). Draw it with
+            :func:`~qualiclip_infer.render.save_map`.
+
+        Raises:
+            ImageError: The image cannot be read or is under 32 x 32 pixels.
+            ValueError: An unknown method, or a window or stride out of range.
+        """
+        from .maps import quality_map
+
+        return quality_map(self, image, method=method, window=window, stride=stride)
+
+    def _network_input(self, images: torch.Tensor) -> torch.Tensor:
+        batch = self.model.normalize(images.to(self.device, torch.float32, non_blocking=True))
+        return batch.contiguous(memory_format=self._memory_format)
 
     def score(self, images: Union[ImageInput, Sequence[ImageInput]], *,
               on_error: Literal["raise", "nan"] = "raise") -> Union[float, List[float], torch.Tensor]:

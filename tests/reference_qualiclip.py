@@ -38,8 +38,8 @@ def _bottleneck(x, sd, prefix, stride):
     return F.relu(out + identity)
 
 
-def image_features(sd: dict, images: torch.Tensor) -> torch.Tensor:
-    """Image features of CLIP-normalised images; ``sd`` holds OpenAI-layout ``visual.*`` keys."""
+def trunk_features(sd: dict, images: torch.Tensor) -> torch.Tensor:
+    """The ResNet trunk's ``N x C x h x w`` output (before the attention pool) of CLIP-normalised images."""
     v = {k[len("visual."):]: t.double() for k, t in sd.items() if k.startswith("visual.")}
     x = images.double()
     x = _conv_bn_relu(x, v, "conv1", "bn1", stride=2, padding=1)
@@ -51,7 +51,13 @@ def image_features(sd: dict, images: torch.Tensor) -> torch.Tensor:
         while f"layer{stage}.{block}.conv1.weight" in v:
             x = _bottleneck(x, v, f"layer{stage}.{block}", stride=2 if stage > 1 and block == 0 else 1)
             block += 1
+    return x
 
+
+def image_features(sd: dict, images: torch.Tensor) -> torch.Tensor:
+    """Image features of CLIP-normalised images; ``sd`` holds OpenAI-layout ``visual.*`` keys."""
+    v = {k[len("visual."):]: t.double() for k, t in sd.items() if k.startswith("visual.")}
+    x = trunk_features(sd, images)
     n, c, h, w = x.shape
     tokens = x.reshape(n, c, h * w).permute(0, 2, 1)
     tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)  # no positional embedding
