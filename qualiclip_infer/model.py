@@ -235,7 +235,7 @@ class QualiCLIP(nn.Module):
         (the trunk's receptive field spans hundreds of pixels), and the whole-image score scores the attention-weighted
         mean of these projections, not a mean of their scores.
         """
-        return self.scores_and_token_scores(normalized)[1]
+        return self.score_features(self.visual.attnpool.project_tokens(self.trunk_features(normalized)))
 
     def scores_and_token_scores(self, normalized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``(N,)`` image scores and the ``N x h x w`` :meth:`token_scores`, from one pass of the trunk."""

@@ -88,8 +88,8 @@ def render_map(image: ImageInput, result: QualityMap, *, alpha: float = 0.6,
         raise ValueError(f"the map was computed on a {result.image_size[0]}x{result.image_size[1]} image, "
                          f"the photo is {width}x{height}")
     value_range = _value_range(result, value_range)
-    grey = (photo @ _LUMA)[..., None]
-    colours = colorize(upsample(result, width, height), value_range).astype(np.float64)
+    grey = (photo @ _LUMA.astype(np.float32))[..., None]
+    colours = colorize(upsample(result, width, height), value_range).astype(np.float32)
     blended = np.round(alpha * colours + (1 - alpha) * grey).clip(0, 255).astype(np.uint8)
 
     font_size = int(np.clip(round(height / 28), 11, 64))

@@ -90,7 +90,8 @@ def test_windows_cells_are_the_scores_of_their_crops(scorer, width, height, wind
     assert result.values.std() > 0.02
 
 
-@pytest.mark.parametrize("batch_size, max_batch_pixels, expected", [(4, 10**6, [4, 4, 4]), (16, 5 * 64 * 64, [5, 5, 2])])
+@pytest.mark.parametrize("batch_size, max_batch_pixels, expected",
+                         [(4, 10**6, [4, 4, 4]), (16, 5 * 64 * 64, [5, 5, 2])])
 def test_windows_share_batches_within_the_scorers_limits(lively, monkeypatch, batch_size, max_batch_pixels, expected):
     scorer = QualityScorer(lively, device="cpu", batch_size=batch_size, max_batch_pixels=max_batch_pixels)
     batches = []
@@ -165,8 +166,10 @@ def reference_token_map(checkpoint: Path, images01: torch.Tensor, logit_scale: f
     state = {k[len("clip_model."):]: v for k, v in raw.items() if k.startswith("clip_model.")}
     trunk = trunk_features(state, (images01.double() - MEAN.double()) / STD.double())  # N, C, h, w
     tokens = trunk.permute(0, 2, 3, 1)
-    values = tokens @ state["visual.attnpool.v_proj.weight"].double().T + state["visual.attnpool.v_proj.bias"].double()
-    features = values @ state["visual.attnpool.c_proj.weight"].double().T + state["visual.attnpool.c_proj.bias"].double()
+    pool = {name: state[f"visual.attnpool.{name}"].double() for name in
+            ("v_proj.weight", "v_proj.bias", "c_proj.weight", "c_proj.bias")}
+    values = tokens @ pool["v_proj.weight"].T + pool["v_proj.bias"]
+    features = values @ pool["c_proj.weight"].T + pool["c_proj.bias"]
     features = features / features.norm(dim=-1, keepdim=True)
     logits = logit_scale * features @ raw["prompts_features"].double().T  # N, h, w, 2P
     probabilities = logits.view(*logits.shape[:-1], -1, 2).softmax(dim=-1)[..., 0]
