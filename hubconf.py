@@ -17,9 +17,11 @@ def QualiCLIP(pretrained: bool = True, **kwargs):  # noqa: N802 (the official en
             image tower) randomly initialised, scoring against random unit prompt features: the prompt features
             come from a trained text tower, so without weights there are none to have. Its scores are
             meaningless; it is for shape, speed and training tests.
-        **kwargs: With ``pretrained=True``: ``weights``, ``revision``, ``cache_dir``, ``local_files_only``,
-            ``prompts``, ``logit_scale`` (see ``qualiclip_infer.load_model``). With ``pretrained=False``: only
-            ``logit_scale``.
+        **kwargs: With ``pretrained=True``: ``model`` (a preset: ``qualiclip``, the default and the official
+            model; ``qualiclip+koniq``, ``qualiclip+clive``, ``qualiclip+flive``, ``qualiclip+spaq``, ``clipiqa``,
+            ``clipiqa+``), ``weights``, ``prompt_weights``, ``revision``, ``prompt_revision``, ``cache_dir``,
+            ``local_files_only``, ``prompts``, ``logit_scale`` (see ``qualiclip_infer.load_model``). With
+            ``pretrained=False``: only ``logit_scale``.
 
     Returns:
         The model on the CPU in eval mode; move it with ``.to(device)``.
@@ -37,7 +39,7 @@ def qualiclip_scorer(**kwargs):
     """A ``qualiclip_infer.QualityScorer``: scores paths, PIL images, arrays and tensors, batched and exact.
 
     Args:
-        **kwargs: Arguments of ``QualityScorer`` (``weights``, ``device``, ``precision``, ``prompts``,
+        **kwargs: Arguments of ``QualityScorer`` (``model``, ``weights``, ``device``, ``precision``, ``prompts``,
             ``batch_size``, ...).
     """
     from qualiclip_infer import QualityScorer

@@ -46,6 +46,9 @@ _PROBE_WINDOW = 256
 # Batches decoded ahead of the model: enough to keep it busy, few enough to bound memory.
 _PREFETCH_BATCHES = 2
 _SCORE_DECIMALS = 8  # float32 scores carry ~7 significant digits
+# The names of qualiclip_infer.presets.PRESETS, listed here so that --help needs no torch (a test keeps them equal).
+_MODEL_NAMES = ("qualiclip", "qualiclip+koniq", "qualiclip+clive", "qualiclip+flive", "qualiclip+spaq", "clipiqa",
+                "clipiqa+")
 
 
 class UsageError(Exception):
@@ -113,9 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-file error messages")
 
     model = parser.add_argument_group("model")
+    model.add_argument("--model", default="qualiclip", choices=_MODEL_NAMES, metavar="NAME",
+                       help=f"qualiclip (default: the official model), {', '.join(_MODEL_NAMES[1:])}; the qualiclip+ "
+                            f"and clipiqa+ models were fitted to human scores (see the README's Model presets)")
     model.add_argument("--weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
-                       help="checkpoint (default: the official QualiCLIP.pth from the Hugging Face Hub)")
+                       help="CLIP weights (default: the model's published file from the Hugging Face Hub, "
+                            "QualiCLIP.pth for qualiclip)")
     model.add_argument("--revision", help="Hub branch, tag or commit of the weights")
+    model.add_argument("--prompt-weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
+                       help="learned-prompt file of a qualiclip+ or clipiqa+ model (default: its published file)")
+    model.add_argument("--prompt-revision", metavar="REVISION", help="Hub branch, tag or commit of --prompt-weights")
     model.add_argument("--offline", action="store_true",
                        help="never use the network: the weights must be a local file or already cached")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -127,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--prompts", metavar="FILE",
                        help="custom prompt pairs, one 'positive | negative' per line ('#' starts a comment line)")
     model.add_argument("--logit-scale", type=_positive_float, metavar="X",
-                       help="scale of the cosine similarities (default: 100, the official model)")
+                       help="scale of the cosine similarities (default: the model's; 100 for qualiclip)")
     model.add_argument("--workers", type=_positive_int, default=min(8, os.cpu_count() or 1), metavar="N",
                        help="image decoding threads (default: number of CPUs, at most 8)")
     model.add_argument("--threads", type=_positive_int, metavar="N",
@@ -608,7 +618,8 @@ def _load_scorer(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str
         torch.set_num_threads(args.threads)
 
     options = dict(weights=args.weights, revision=args.revision, device=args.device, precision=args.precision,
-                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale)
+                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale, model=args.model,
+                   prompt_weights=args.prompt_weights, prompt_revision=args.prompt_revision)
     try:
         return QualityScorer(local_files_only=args.offline, **{k: v for k, v in options.items() if v is not None})
     except Exception as error:  # weights come from files and the network, which fail in many ways: one line each
