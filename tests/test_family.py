@@ -8,11 +8,13 @@ CLIP's text transformer, in plain double-precision torch, sharing no code with t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from hub_server import FakeHub
 from reference_qualiclip import MEAN, STD, image_features
 
 import qualiclip_infer.prompts as prompts_module
-from qualiclip_infer import CheckpointError, QualityScorer, load_model
+from qualiclip_infer import CheckpointError, QualityScorer, load_checkpoint, load_model
 from qualiclip_infer.presets import PRESETS
 
 N_CTX = 16
@@ -295,3 +297,246 @@ def test_text_tower_runs_once_per_weights_and_prompt_file(family, monkeypatch, t
     QualityScorer(files["qualiclip"], model="qualiclip+spaq", prompt_weights=files["koniq"], device="cpu")
     assert len(builds) == 3
     assert len(list((tmp_path / "cache" / "prompt_features").glob("*.pt"))) == 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files of the wrong kind, and options a model cannot honour
+
+
+def _one_line_error(error_type, call, *needles) -> str:
+    with pytest.raises(error_type) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert str(needle) in message, message
+    return message
+
+
+def test_wrong_kind_of_prompt_file(family, tmp_path):
+    files = family["files"]
+
+    def plus(prompt_file):
+        return lambda: QualityScorer(files["qualiclip"], model="qualiclip+koniq", prompt_weights=prompt_file,
+                                     device="cpu")
+
+    # The image-tower checkpoint passed as the prompt file: named, with its keys.
+    _one_line_error(CheckpointError, plus(files["qualiclip"]), files["qualiclip"], "not a learned prompt file",
+                    "clip_model.", "prompt_learner.ctx")
+    params = dict(family["plus"]["koniq"]["params"])
+    params["prompt_learner.extra"] = params.pop("prompt_learner.token_prefix")
+    torch.save({"params": params}, tmp_path / "renamed.pth")
+    _one_line_error(CheckpointError, plus(tmp_path / "renamed.pth"), tmp_path / "renamed.pth",
+                    "prompt_learner.extra")
+    torch.save(torch.zeros(2, N_CTX, 64), tmp_path / "cube.pth")
+    _one_line_error(CheckpointError, plus(tmp_path / "cube.pth"), tmp_path / "cube.pth", "(2, 16, 64)")
+    torch.save({"params": {**family["plus"]["koniq"]["params"],
+                           "prompt_learner.ctx": torch.zeros(7, N_CTX, 64)}}, tmp_path / "seven.pth")
+    _one_line_error(CheckpointError, plus(tmp_path / "seven.pth"), tmp_path / "seven.pth", "ctx (7, 16, 64)")
+    torch.save(torch.zeros(N_CTX, 48), tmp_path / "narrow.pth")
+    _one_line_error(CheckpointError, plus(tmp_path / "narrow.pth"), tmp_path / "narrow.pth", "width 48")
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    _one_line_error(CheckpointError, plus(tmp_path / "garbage.pth"), tmp_path / "garbage.pth")
+    _one_line_error(FileNotFoundError, plus(tmp_path / "missing.pth"), "prompt_weights file not found",
+                    tmp_path / "missing.pth")
+
+
+def test_wrong_kind_of_weights_file(family, tmp_path):
+    files = family["files"]
+    # A prompt file passed as the weights says where it belongs.
+    _one_line_error(CheckpointError, lambda: QualityScorer(files["koniq"], device="cpu"), files["koniq"],
+                    "learned prompts", "prompt_weights")
+    _one_line_error(CheckpointError, lambda: QualityScorer(files["clipiqa+"], model="clipiqa+", device="cpu"),
+                    files["clipiqa+"], "(16, 64)", "prompt_weights")
+    # A plain CLIP file is checked key by key, named without any prefix.
+    state = dict(family["openai_sd"])
+    del state["visual.layer1.0.conv2.weight"]
+    state["visual.extra"] = torch.zeros(1)
+    torch.save(state, tmp_path / "broken_clip.pth")
+    _one_line_error(CheckpointError, lambda: QualityScorer(tmp_path / "broken_clip.pth", model="clipiqa"),
+                    tmp_path / "broken_clip.pth", "missing keys [visual.layer1.0.conv2.weight]",
+                    "unexpected keys [visual.extra]")
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pth")
+    _one_line_error(CheckpointError, lambda: QualityScorer(tmp_path / "other.pth", model="clipiqa"),
+                    tmp_path / "other.pth", "[weight]")
+    # The official model needs stored prompt features, which a plain CLIP file has not.
+    _one_line_error(CheckpointError, lambda: QualityScorer(files["openai"], device="cpu"), files["openai"],
+                    "stores no prompt features", "clipiqa")
+
+
+def test_options_a_model_cannot_honour():
+    _one_line_error(ValueError, lambda: QualityScorer(model="qualiclip+"), "qualiclip+koniq", "clipiqa+")
+    _one_line_error(ValueError, lambda: QualityScorer(model="clipiqa+", prompts=[("a", "b")]), "learned prompts")
+    _one_line_error(ValueError, lambda: QualityScorer(prompt_weights="x.pth"), "'qualiclip' has no learned prompts")
+    _one_line_error(ValueError, lambda: QualityScorer(model="clipiqa", prompt_revision="v1"), "no learned prompts")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Front ends: CLI, load_model, torch.hub
+
+
+def test_cli_model_option(family, tmp_path):
+    from qualiclip_infer.cli import _MODEL_NAMES
+
+    assert list(_MODEL_NAMES) == list(PRESETS)
+    files = family["files"]
+    image = save_image(tmp_path / "a.png", family["images"][0])
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "qualiclip_infer", str(image), "--format", "jsonl", "--model", "qualiclip+flive",
+               "--weights", str(files["qualiclip"]), "--prompt-weights", str(files["flive"])]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=180)
+    assert result.returncode == 0, result.stderr
+    expected = QualityScorer(files["qualiclip"], model="qualiclip+flive", prompt_weights=files["flive"],
+                             device="cpu").score(image)
+    assert json.loads(result.stdout)["score"] == pytest.approx(expected, abs=1e-7)
+
+    wrong = subprocess.run([*command[:-2], "--prompt-weights", str(files["qualiclip"])], capture_output=True,
+                           text=True, env=environment, timeout=180)
+    assert wrong.returncode == 2 and str(files["qualiclip"]) in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    unknown = subprocess.run([sys.executable, "-m", "qualiclip_infer", str(image), "--model", "qualiclip+nope"],
+                             capture_output=True, text=True, env=environment, timeout=180)
+    assert unknown.returncode == 2 and "qualiclip+nope" in unknown.stderr
+
+
+def _hub_load(entry_point: str, **kwargs):
+    return torch.hub.load(str(Path(__file__).resolve().parents[1]), entry_point, source="local", trust_repo=True,
+                          **kwargs)
+
+
+def test_load_model_and_torch_hub(family):
+    files = family["files"]
+    images = torch.randn(2, 3, 64, 96)
+    entries = [("CLIP_IQA_plus", {}, "clipiqa+", dict(weights=files["openai"], prompt_weights=files["clipiqa+"])),
+               ("CLIP_IQA", {}, "clipiqa", dict(weights=files["openai"])),
+               ("QualiCLIP_plus", {"dataset": "clive"}, "qualiclip+clive",
+                dict(weights=files["qualiclip"], prompt_weights=files["clive"]))]
+    for entry, extra, name, options in entries:
+        model = load_model(model=name, **options)
+        assert torch.equal(_hub_load(entry, **extra, **options)(images), model(images)), entry
+    scorer = _hub_load("qualiclip_scorer", preset="clipiqa+", device="cpu", weights=files["openai"],
+                       prompt_weights=files["clipiqa+"])
+    assert scorer.model_name == "clipiqa+" and "clipiqa+" in repr(scorer)
+    assert scorer.model.logit_scale == pytest.approx(FIXTURE_SCALE)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Hub: every preset's files, downloaded once, then offline
+
+
+def _run_python(tmp_path: Path, endpoint: str, code: str) -> dict:
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(tmp_path / "hub-cache"),
+           "HF_HUB_DISABLE_XET": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+_SCORE_EVERY_PRESET = """
+import json, numpy as np
+from qualiclip_infer import QualityScorer
+from qualiclip_infer.presets import PRESETS
+image = np.full((64, 80, 3), 120, np.uint8)
+image[::7] = 30
+offline = %s
+scores = {name: QualityScorer(model=name, device="cpu", local_files_only=offline).score(image) for name in PRESETS}
+if not offline:
+    from qualiclip_infer.presets import QUALICLIP_FILE
+    from qualiclip_infer.weights import file_sha256, resolve_weights
+    scores["cached_sha256"] = file_sha256(resolve_weights(None, default=QUALICLIP_FILE))
+    scores["pinned"] = QualityScorer(model="qualiclip+koniq", prompt_revision="v1", device="cpu").score(image)
+print(json.dumps(scores))
+"""
+
+
+def test_hub_serves_every_preset_then_offline(family, tmp_path):
+    files = family["files"]
+    repo = "chaofengc/IQA-PyTorch-Weights"
+    served = {
+        (repo, "main", "QualiCLIP.pth"): files["qualiclip"],
+        **{(repo, "main", f"QualiCLIP+_{d}.pth"): files[d] for d in ("koniq", "clive", "flive", "spaq")},
+        (repo, "main", "CLIP-IQA+_learned_prompts-603f3273.pth"): files["clipiqa+"],
+        ("timm/resnet50_clip.openai", "main", "open_clip_model.safetensors"): files["openai"],
+        (repo, "v1", "QualiCLIP+_koniq.pth"): files["spaq"],
+    }
+    assert {(p.weights.repo_id, p.weights.filename) for p in PRESETS.values()} | {
+        (p.prompt_file.repo_id, p.prompt_file.filename) for p in PRESETS.values() if p.prompt_file
+    } == {(r, f) for r, rev, f in served if rev == "main"}
+    with FakeHub(served) as hub:
+        online = _run_python(tmp_path, hub.endpoint, _SCORE_EVERY_PRESET % "False")
+        endpoint = hub.endpoint
+    asked = {urllib.parse.unquote(path) for _, path, _ in hub.requests}
+    assert {f"/{r}/resolve/{rev}/{f}" for r, rev, f in served} <= asked
+    pinned = online.pop("pinned")
+    # In the Hub cache, the file's hash is its blob's name (the LFS ETag), and equals the hash of its bytes.
+    assert online.pop("cached_sha256") == hashlib.sha256(files["qualiclip"].read_bytes()).hexdigest()
+    assert len(set(online.values())) == len(PRESETS)  # seven different models
+
+    offline = _run_python(tmp_path, endpoint, _SCORE_EVERY_PRESET % "True")  # the server is gone
+    assert offline == online
+    # The pinned revision's file (here the SPAQ context) is the one used.
+    image = np.full((64, 80, 3), 120, np.uint8)
+    image[::7] = 30
+    local = QualityScorer(files["qualiclip"], model="qualiclip+koniq", prompt_weights=files["spaq"], device="cpu")
+    assert pinned == pytest.approx(local.score(image), abs=1e-7) and pinned != online["qualiclip+koniq"]
+
+
+def test_training_starts_from_a_plain_clip_file(family, tmp_path):
+    """OpenAI's RN50 (the paper's starting point) as the trainer's init: the exported checkpoint stores the
+    features of the prompts it was trained against, and loads as an official-format QualiCLIP checkpoint."""
+    from qualiclip_infer.train.loop import TrainConfig, Trainer
+
+    folder = tmp_path / "pristine"
+    folder.mkdir()
+    for seed in range(4):
+        save_image(folder / f"{seed}.png", natural_image(80, 80, seed=seed))
+    pairs = (("Good photo.", "Bad photo."),)
+    config = TrainConfig(images=folder, out=tmp_path / "out.pth", init=family["files"]["openai"], prompts=pairs,
+                         device="cpu", steps=1, batch_size=2, crop_size=64, val_fraction=0.5, val_crops=2,
+                         workers=0, checkpoint_every=0, distortions=("gaussian_blur",))
+    Trainer(config).export(config.out)
+    exported = load_checkpoint(config.out)
+    expected = reference_text_features(family["openai_sd"], embed(family["openai_sd"], open_clip.tokenize(
+        ["Good photo.", "Bad photo."])), open_clip.tokenize(["Good photo.", "Bad photo."]).argmax(dim=-1))
+    torch.testing.assert_close(exported.prompt_features.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_hash_of_a_hub_cache_blob_is_its_name(tmp_path):
+    from qualiclip_infer.weights import file_sha256
+
+    name = "ab" * 32
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / name).write_bytes(b"weights")
+    (tmp_path / "snapshot.pth").symlink_to(tmp_path / "blobs" / name)
+    assert file_sha256(tmp_path / "snapshot.pth") == name
+    (tmp_path / "elsewhere.pth").write_bytes(b"weights")
+    assert file_sha256(tmp_path / "elsewhere.pth") == hashlib.sha256(b"weights").hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Full size
+
+
+@pytest.mark.slow
+def test_full_size_learned_prompts_match_reference(tmp_path):
+    """RN50 with OpenAI's text tower sizes (width 512, 12 layers) and the published prompt-file shapes."""
+    clip = fixture_clip(RN50_CONFIG, 40)
+    torch.save(official_state(clip), tmp_path / "QualiCLIP.pth")
+    params = qualiclip_plus_params(clip, 41)
+    assert [tuple(v.shape) for v in params["params"].values()] == [(14, 16, 512), (14, 1, 512), (14, 60, 512)]
+    torch.save(params, tmp_path / "QualiCLIP+_koniq.pth")
+    context = CONTEXT_STD * torch.randn(N_CTX, 512, generator=torch.Generator().manual_seed(42))
+    torch.save(context, tmp_path / "CLIP-IQA+.pth")
+    sd = {k: v.detach() for k, v in clip.state_dict().items()}
+    images = [natural_image(96, 64, seed=4), natural_image(64, 64, seed=5)]
+
+    plus = QualityScorer(tmp_path / "QualiCLIP.pth", model="qualiclip+koniq",
+                         prompt_weights=tmp_path / "QualiCLIP+_koniq.pth", device="cpu")
+    expected = reference_probabilities(sd, qualiclip_plus_text(sd, params), FIXTURE_SCALE / 2, images).mean(dim=1)
+    torch.testing.assert_close(_scores(plus, images), expected, atol=1e-5, rtol=0)
+    # CLIP-IQA+'s shared context on the same (official-layout) weights.
+    shared = QualityScorer(tmp_path / "QualiCLIP.pth", model="clipiqa+", prompt_weights=tmp_path / "CLIP-IQA+.pth",
+                           device="cpu")
+    expected = reference_probabilities(sd, clipiqa_plus_text(sd, context), FIXTURE_SCALE, images).mean(dim=1)
+    torch.testing.assert_close(_scores(shared, images), expected, atol=1e-5, rtol=0)
