@@ -15,6 +15,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .images import ImageError
     from .model import QualiCLIP
+    from .presets import PRESETS
     from .prompts import OFFICIAL_PROMPT_PAIRS
     from .scorer import QualityScorer, load_model
     from .weights import CheckpointError, WeightsNotFoundError, load_checkpoint, resolve_weights, save_checkpoint
@@ -26,6 +27,7 @@ _EXPORTS = {
     "QualiCLIP": "model",
     "load_model": "scorer",
     "OFFICIAL_PROMPT_PAIRS": "prompts",
+    "PRESETS": "presets",
     "ImageError": "images",
     "CheckpointError": "weights",
     "WeightsNotFoundError": "weights",
