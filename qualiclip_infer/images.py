@@ -73,6 +73,9 @@ def _source_name(source: object) -> str:
 def upright_size(img: Image.Image) -> Tuple[int, int]:
     """``(width, height)`` of a PIL image after its EXIF orientation is applied, without decoding its pixels."""
     width, height = img.size
+    if getattr(img, "_tile_size", None) not in (None, img.size):
+        # Newer Pillow TIFF readers report the upright size and rotate while decoding; older ones do neither.
+        return width, height
     if _orientation(img) in _TRANSPOSING_ORIENTATIONS:
         return height, width
     return width, height
