@@ -86,8 +86,8 @@ class Preset:
 
 def _qualiclip_plus(dataset: str, label: str) -> Preset:
     return Preset(f"qualiclip+{dataset}", f"QualiCLIP's image tower with prompts learned on {label} MOS",
-                  QUALICLIP_FILE, "learned", OFFICIAL_PROMPT_PAIRS, HubFile(DEFAULT_REPO_ID, f"QualiCLIP+_{dataset}.pth"),
-                  temperature=2.0)
+                  QUALICLIP_FILE, "learned", OFFICIAL_PROMPT_PAIRS,
+                  HubFile(DEFAULT_REPO_ID, f"QualiCLIP+_{dataset}.pth"), temperature=2.0)
 
 
 PRESETS: Dict[str, Preset] = {preset.name: preset for preset in (

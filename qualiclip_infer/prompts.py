@@ -169,8 +169,8 @@ def read_learned_context(path: Union[str, os.PathLike]) -> LearnedContext:
     """
     path = Path(path)
     content = read_tensor_file(path)
-    expected = (f"expected one (n_ctx, width) context tensor (CLIP-IQA+) or {{'params': {{{', '.join(_PER_PROMPT_KEYS)}}}}}"
-                f" (QualiCLIP+)")
+    expected = (f"expected one (n_ctx, width) context tensor (CLIP-IQA+) or "
+                f"{{'params': {{{', '.join(_PER_PROMPT_KEYS)}}}}} (QualiCLIP+)")
     if isinstance(content, torch.Tensor):
         if content.ndim != 2 or not content.is_floating_point():
             raise CheckpointError(f"{path}: not a learned prompt context: holds {describe_content(content)}; "
@@ -219,7 +219,8 @@ def learned_prompt_embeddings(checkpoint: Checkpoint, learned: LearnedContext,
                               f"{len(texts)}")
     placeholders = " ".join([_CONTEXT_PLACEHOLDER] * n_ctx)
     tokens = open_clip.tokenize([f"{placeholders} {text}" for text in texts], context_length=arch.context_length)
-    prompt_lengths = [int((ids != 0).sum()) - 2 for ids in open_clip.tokenize(texts, context_length=arch.context_length)]
+    alone = open_clip.tokenize(texts, context_length=arch.context_length)
+    prompt_lengths = [int((ids != 0).sum()) - 2 for ids in alone]  # without the start and end tokens
     for text, ids, length in zip(texts, tokens, prompt_lengths):
         if int(ids.argmax()) != 1 + n_ctx + length:
             raise CheckpointError(f"{learned.path}: the prompt {text!r} with {n_ctx} context tokens does not fit "

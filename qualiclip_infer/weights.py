@@ -110,7 +110,7 @@ def resolve_weights(
 
 def _download(hub_file: HubFile, *, cache_dir, local_files_only: bool, option: str = "weights") -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(
@@ -156,9 +156,13 @@ class Checkpoint:
     _digest: dict = field(default_factory=dict, repr=False, compare=False)
 
     def image_tower_state(self) -> dict[str, torch.Tensor]:
-        """The image tower's tensors, keys relative to the tower, copied out of any memory-mapped file."""
+        """The image tower's tensors, keys relative to the tower, as fp32 copies out of any memory-mapped file.
+
+        Files saved in fp16/bf16 are widened here: the tower is built in fp32 and autocast chooses precisions.
+        """
         prefix = "visual."
-        return {k[len(prefix):]: v.clone() for k, v in self.clip_state.items() if k.startswith(prefix)}
+        return {k[len(prefix):]: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone()
+                for k, v in self.clip_state.items() if k.startswith(prefix)}
 
     @property
     def stored_logit_scale(self) -> float:
@@ -205,7 +209,8 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Checkpoint:
     if not official and any(k.startswith("visual.") for k in tensors):
         return _plain_clip_checkpoint(path, tensors)
     if PROMPT_FEATURES_KEY not in tensors:
-        hint = "" if official else (f" and no '{CLIP_PREFIX}*' or 'visual.*' CLIP keys (found {_listing(sorted(tensors))})")
+        found = _listing(sorted(tensors))
+        hint = "" if official else f" and no '{CLIP_PREFIX}*' or 'visual.*' CLIP keys (found {found})"
         raise CheckpointError(f"{path}: no '{PROMPT_FEATURES_KEY}' tensor{hint}; not a QualiCLIP checkpoint")
     unexpected = sorted(k for k in tensors if k != PROMPT_FEATURES_KEY and not k.startswith(CLIP_PREFIX))
     if unexpected:
@@ -223,7 +228,7 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Checkpoint:
 
 def _plain_clip_checkpoint(path: Path, tensors: dict[str, torch.Tensor]) -> Checkpoint:
     """An OpenAI-layout CLIP state dict without prefix, as open_clip stores OpenAI's weights."""
-    clip_state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    clip_state = dict(tensors)
     return Checkpoint(path, clip_state, None, _checked_architecture(path, clip_state, ""))
 
 
@@ -260,8 +265,12 @@ def save_checkpoint(path: Union[str, os.PathLike], clip_state: Mapping[str, torc
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        try:
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+        except ImportError as error:
+            raise CheckpointError(f"{path}: reading .safetensors files needs the 'safetensors' package "
+                                  f"(pip install safetensors)") from error
 
         try:
             return load_file(path)
@@ -269,8 +278,8 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: not a safetensors file ({first_line(error)})") from error
     tensors = read_tensor_file(path)
     if isinstance(tensors, torch.Tensor) or (isinstance(tensors, Mapping) and "params" in tensors):
-        raise CheckpointError(f"{path}: holds learned prompts ({describe_content(tensors)}), not CLIP weights; pass it as "
-                              f"prompt_weights (--prompt-weights)")
+        raise CheckpointError(f"{path}: holds learned prompts ({describe_content(tensors)}), not CLIP weights; "
+                              f"pass it as prompt_weights (--prompt-weights)")
     if not isinstance(tensors, Mapping):
         raise CheckpointError(f"{path}: holds a {type(tensors).__name__}, not a dict of tensors")
     bad = sorted(str(k) for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
