@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import random
@@ -63,14 +64,18 @@ def write(path: Path, fmt: str, rows, *, append: bool = False, header: bool = Tr
 
 def parse(path: Path, fmt: str) -> List[dict]:
     """Every row of a file, with the values as written (csv cells are strings)."""
+    return parse_bytes(path.read_bytes(), fmt)
+
+
+def parse_bytes(data: bytes, fmt: str) -> List[dict]:
     if fmt == "csv":
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            reader = csv.reader(f, strict=True)
-            assert next(reader) == list(COLUMNS)
-            rows = [dict(zip(COLUMNS, row)) for row in reader]
+        # As csv files are meant to be read: newline="" (universal line ends, none translated).
+        reader = csv.reader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline=""), strict=True)
+        assert next(reader) == list(COLUMNS)
+        rows = list(reader)
         assert all(len(row) == len(COLUMNS) for row in rows)
-        return rows
-    lines = path.read_bytes().split(b"\n")
+        return [dict(zip(COLUMNS, row)) for row in rows]
+    lines = data.split(b"\n")
     assert lines[-1] == b"", "the file must end with a newline"
     return [json.loads(line.decode("utf-8", "surrogateescape")) for line in lines[:-1]]
 
@@ -287,8 +292,10 @@ needs_posix_names = pytest.mark.skipif(sys.platform != "linux" or sys.getfilesys
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
+    # Strict standard streams, as under a UTF-8 locale such as en_US.UTF-8 (the C locales escape undecodable bytes).
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8:strict"}
     return subprocess.run([sys.executable, "-m", "qualiclip_infer", *map(os.fsencode, args)], capture_output=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=SUBPROCESS_TIMEOUT)
+                          env=environment, timeout=SUBPROCESS_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -318,17 +325,18 @@ def test_cli_resumes_a_folder_of_exotic_names_with_each_image_once(exotic_folder
     result = run_cli(exotic_folder, "--weights", tiny_checkpoint)
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     assert b"bad\xff.jpg" in result.stdout
-    full_csv = tmp_path / "full.csv"
-    full_csv.write_bytes(result.stdout)
-    full = {row["path"]: row for row in parse(full_csv, "csv")}
-    assert sorted(full) == every and len(parse(full_csv, "csv")) == len(every)
+    full = {row["path"]: row for row in parse_bytes(result.stdout, "csv")}
+    assert sorted(full) == every and len(parse_bytes(result.stdout, "csv")) == len(every)
 
     out = tmp_path / "rows.csv"
     newline_row = result.stdout.index(b'"' + os.fsencode(exotic_folder) + b"/new\n")
     out.write_bytes(result.stdout[:newline_row + len(os.fsencode(exotic_folder)) + 6])  # killed inside the quote
+    kept = parse_bytes(result.stdout[:newline_row], "csv")
     resumed = run_cli(exotic_folder, "--weights", tiny_checkpoint, "-o", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr.decode(errors="replace")
+    assert f"resuming: {len(kept)} images already in".encode() in resumed.stderr
     rows = parse(out, "csv")
+    assert rows[:len(kept)] == kept  # the rows before the cut are kept as they were
     assert sorted(row["path"] for row in rows) == every  # each image exactly once
     assert_same_rows(rows, full)
 
@@ -338,10 +346,14 @@ def test_cli_resumes_a_folder_of_exotic_names_with_each_image_once(exotic_folder
     complete = out.read_bytes()
     first = {row["path"]: row for row in parse(out, "jsonl")}
     assert sorted(first) == every
-    out.write_bytes(complete[:complete.index("sep\u2028ar".encode()) + 5])
+    cut = complete.index("sep\u2028ar".encode()) + 5
+    out.write_bytes(complete[:cut])
+    kept = parse_bytes(complete[:complete.rindex(b"\n", 0, cut) + 1], "jsonl")
     resumed = run_cli(exotic_folder, "--weights", tiny_checkpoint, "-o", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr.decode(errors="replace")
+    assert f"resuming: {len(kept)} images already in".encode() in resumed.stderr
     rows = parse(out, "jsonl")
+    assert rows[:len(kept)] == kept
     assert sorted(row["path"] for row in rows) == every
     assert_same_rows(rows, first)
     assert_same_rows(list(first.values()), full)
