@@ -292,10 +292,10 @@ def _csv_problem(row: Sequence[str]) -> str:
     if not path:
         return "empty path"
     if score and not _CSV_SCORE.fullmatch(score):
-        return f"score {score!r} is not a number"
+        return f"score {_clip(score)} is not a number"
     for column, value in (("width", width), ("height", height)):
         if value and not _CSV_SIZE.fullmatch(value):
-            return f"{column} {value!r} is not a whole number"
+            return f"{column} {_clip(value)} is not a whole number"
     return ""
 
 
