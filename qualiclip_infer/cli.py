@@ -1,8 +1,9 @@
 """``qualiclip-score``: scores image files, folders and glob patterns with QualiCLIP, one output row per image.
 
-Rows are written and flushed as batches finish, in input order, so an interrupted run keeps everything it scored and
-``--resume`` picks up where it stopped. Images are decoded by a pool of threads (Pillow and torch release the GIL)
-while the model runs; images of equal size share a batch.
+Scoring is the library's engine (``QualityScorer.iter_scores``): headers first, equal sizes batched, decoding in
+threads ahead of the model, every failure confined to its image. This module finds the images, parses options and
+writes rows, each flushed as it arrives in input order, so an interrupted run keeps everything it scored and
+``--resume`` picks up where it stopped.
 
 torch, open_clip and huggingface_hub are imported only after the arguments are parsed: ``--help`` and usage errors
 stay instant, and ``--offline`` can switch huggingface_hub off before it reads its settings.
@@ -17,10 +18,7 @@ import os
 import re
 import statistics
 import sys
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from ._errors import first_line
 from ._version import __version__
@@ -28,40 +26,15 @@ from .files import InputNotFoundError, find_images
 from .output import FORMATS, RESUMABLE_FORMATS, OutputFileError, RowWriter, choose_format, open_output, prepare_resume
 
 if TYPE_CHECKING:
-    import torch
-
+    from .engine import ScoreResult
     from .scorer import QualityScorer
 
 PROG = "qualiclip-score"
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-# Headers are read this many files at a time; equal sizes are batched within such a window, and rows wait at most
-# for the rest of their window to keep input order.
-_PROBE_WINDOW = 256
-# Batches decoded ahead of the model: enough to keep it busy, few enough to bound memory.
-_PREFETCH_BATCHES = 2
 
 
 class UsageError(Exception):
     """A problem with the command line or its inputs; reported on one line, exit status 2."""
-
-
-@dataclass
-class Row:
-    """One output row.
-
-    Attributes:
-        name: The image file, as found.
-        score: Quality in [0, 1], ``None`` if the image could not be scored.
-        width: Upright width in pixels, ``None`` if the header could not be read.
-        height: Upright height in pixels, ``None`` if the header could not be read.
-        error: Why the image was not scored (one line); empty when scored.
-    """
-
-    name: str
-    score: Optional[float] = None
-    width: Optional[int] = None
-    height: Optional[int] = None
-    error: str = ""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -121,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="custom prompt pairs, one 'positive | negative' per line ('#' starts a comment line)")
     model.add_argument("--logit-scale", type=_positive_float, metavar="X",
                        help="scale of the cosine similarities (default: 100, the official model)")
+    model.add_argument("--max-pixels", type=_positive_float, metavar="MPX",
+                       help="refuse images over MPX megapixels (an error row) instead of risking running out of "
+                            "memory; activations cost about 200 MiB per megapixel in fp32 (default: 48)")
     model.add_argument("--workers", type=_positive_int, default=min(8, os.cpu_count() or 1), metavar="N",
                        help="image decoding threads (default: number of CPUs, at most 8)")
     model.add_argument("--threads", type=_positive_int, metavar="N",
@@ -199,132 +175,6 @@ def in_shard(path: str, shard: int, shards: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Scoring
-
-
-def score_files(scorer: QualityScorer, paths: Sequence[str], workers: int) -> Iterator[List[Row]]:
-    """Scores image files, yielding rows in input order as soon as they (and all rows before them) are done.
-
-    Headers are read first, so images that cannot be scored are caught before decoding and images of equal size
-    are batched; each batch is then decoded by ``workers`` threads while the model scores the batch before it.
-    A file that cannot be read, decoded or scored gets a row with an ``error``; it never stops the run.
-
-    Args:
-        scorer: A :class:`~qualiclip_infer.QualityScorer`.
-        paths: Image files.
-        workers: Decoding threads.
-    """
-    order = _InputOrder()
-    in_flight: Deque[Tuple[List[Tuple[int, Row]], List[Future]]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qualiclip-decode") as pool:
-        for batch in _size_batches(scorer, paths, pool, order):
-            in_flight.append((batch, [pool.submit(_decode, row) for _, row in batch]))
-            if len(in_flight) > _PREFETCH_BATCHES:
-                yield _finish(scorer, *in_flight.popleft(), order)
-        while in_flight:
-            yield _finish(scorer, *in_flight.popleft(), order)
-    yield order.release()
-
-
-class _InputOrder:
-    """Holds finished rows until every row before them is finished."""
-
-    def __init__(self) -> None:
-        self._finished: Dict[int, Row] = {}
-        self._next = 0
-
-    def add(self, index: int, row: Row) -> None:
-        self._finished[index] = row
-
-    def release(self) -> List[Row]:
-        rows = []
-        while self._next in self._finished:
-            rows.append(self._finished.pop(self._next))
-            self._next += 1
-        return rows
-
-
-def _size_batches(scorer: QualityScorer, paths: Sequence[str], pool: ThreadPoolExecutor,
-                  order: _InputOrder) -> Iterator[List[Tuple[int, Row]]]:
-    """Reads headers a window at a time; rows that fail go straight to ``order``, the rest come in size batches."""
-    from .images import size_batches
-
-    for start in range(0, len(paths), _PROBE_WINDOW):
-        probed = list(enumerate(pool.map(_probe, paths[start:start + _PROBE_WINDOW]), start))
-        for index, row in probed:
-            if row.error:
-                order.add(index, row)
-        sized = [(index, row) for index, row in probed if not row.error]
-        for batch in size_batches([(row.width, row.height) for _, row in sized], scorer.batch_size,
-                                  scorer.max_batch_pixels):
-            yield [sized[position] for position in batch]
-
-
-def _probe(path: str) -> Row:
-    """A row with the image's upright size from its header, or with the error that rules it out."""
-    from .images import ImageError, check_size, image_size
-
-    try:
-        width, height = image_size(path)
-    except Exception as error:  # a broken file of any kind must not stop the run
-        return Row(path, error=_cause(error, path))
-    try:
-        check_size(width, height, path)
-    except ImageError as error:
-        return Row(path, width=width, height=height, error=_cause(error, path))
-    return Row(path, width=width, height=height)
-
-
-def _decode(row: Row) -> Union[torch.Tensor, str]:
-    """The image as a ``3 x H x W`` float tensor, or the one-line reason it cannot be decoded."""
-    from .images import to_tensor
-
-    try:
-        tensor = to_tensor(row.name, row.name)
-    except Exception as error:  # truncated, corrupt, or too large to hold: report it and go on
-        return _cause(error, row.name)
-    if (tensor.shape[2], tensor.shape[1]) != (row.width, row.height):
-        return f"decoded size {tensor.shape[2]}x{tensor.shape[1]} differs from the header's {row.width}x{row.height}"
-    return tensor
-
-
-def _finish(scorer: QualityScorer, batch: List[Tuple[int, Row]], futures: List[Future],
-            order: _InputOrder) -> List[Row]:
-    """Scores a decoded batch and returns the rows that are now ready in input order."""
-    import torch
-
-    decoded = []
-    for (_, row), future in zip(batch, futures):
-        result = future.result()
-        if isinstance(result, str):
-            row.error = result
-        else:
-            decoded.append((row, result))
-    if decoded:
-        try:
-            scores = scorer.score_tensor(torch.stack([tensor for _, tensor in decoded])).tolist()
-        except (RuntimeError, MemoryError) as error:  # e.g. out of memory on a huge photo
-            for row, _ in decoded:
-                row.error = f"scoring failed: {first_line(error)}"
-        else:
-            for (row, _), score in zip(decoded, scores):
-                row.score = score
-    for index, row in batch:
-        order.add(index, row)
-    return order.release()
-
-
-def _cause(error: BaseException, path: str) -> str:
-    """The one-line reason for a failure, without the path prefix of an ``ImageError``."""
-    from .images import ImageError, describe_error
-
-    if not isinstance(error, ImageError):
-        return describe_error(error)
-    message = first_line(error)
-    return message[len(path) + 2:] if message.startswith(f"{path}: ") else message
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Output
 
 
@@ -335,16 +185,18 @@ class _Progress:
         self._quiet = quiet
         self._bar = None
         if not quiet and sys.stderr.isatty():
-            from tqdm import tqdm
-
+            try:
+                from tqdm import tqdm  # installed with huggingface_hub, but not a promise of ours
+            except ImportError:
+                print(f"{PROG}: no progress bar: the 'tqdm' package is not installed", file=sys.stderr)
+                return
             self._bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
 
-    def advance(self, rows: Sequence[Row]) -> None:
-        for row in rows:
-            if row.error and not self._quiet:
-                self._message(f"{PROG}: {row.name}: {row.error}")
+    def advance(self, row: ScoreResult) -> None:
+        if row.error and not self._quiet:
+            self._message(f"{PROG}: {row.name}: {row.error}")
         if self._bar is not None:
-            self._bar.update(len(rows))
+            self._bar.update(1)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -367,7 +219,7 @@ def summary(scores: Sequence[float], failures: int) -> str:
     return "\n".join(lines)
 
 
-def _sorted_rows(rows: List[Row], key: str, reverse: bool) -> List[Row]:
+def _sorted_rows(rows: List[ScoreResult], key: str, reverse: bool) -> List[ScoreResult]:
     """Rows sorted by path, or by score with unscored rows last."""
     if key == "path":
         return sorted(rows, key=lambda row: row.name, reverse=reverse)
@@ -461,15 +313,21 @@ def _output_format(args: argparse.Namespace) -> str:
 
 
 def _load_scorer(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str]]]) -> QualityScorer:
+    import warnings
+
     import torch
+    from PIL import Image
 
     from .scorer import QualityScorer
 
+    # Pillow warns about images over 89 Mpx; the scorer's own pixel limit decides what is scored, row by row.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     options = dict(weights=args.weights, revision=args.revision, device=args.device, precision=args.precision,
-                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale)
+                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale,
+                   max_image_pixels=None if args.max_pixels is None else round(args.max_pixels * 1e6))
     try:
         return QualityScorer(local_files_only=args.offline, **{k: v for k, v in options.items() if v is not None})
     except Exception as error:  # weights come from files and the network, which fail in many ways: one line each
@@ -481,18 +339,21 @@ def _score_and_write(scorer: QualityScorer, paths: Sequence[str], args: argparse
     """Scores, reports and writes every path; returns the scores and the number of failures."""
     scores: List[float] = []
     failures = 0
-    held: List[Row] = []
+    held: List[ScoreResult] = []
     progress = _Progress(len(paths), args.quiet)
     try:
-        for rows in score_files(scorer, paths, args.workers):
-            progress.advance(rows)
-            scores.extend(row.score for row in rows if row.score is not None)
-            failures += sum(1 for row in rows if row.score is None)
-            listed = [row for row in rows if _in_range(row, args.min_score, args.max_score)]
-            if args.sort:
-                held.extend(listed)
+        for row in scorer.iter_scores(paths, workers=args.workers):
+            progress.advance(row)
+            if row.ok:
+                scores.append(row.score)
             else:
-                writer.write(listed)
+                failures += 1
+            if not _in_range(row, args.min_score, args.max_score):
+                continue
+            if args.sort:
+                held.append(row)
+            else:
+                writer.write([row])
         if args.sort:
             writer.write(_sorted_rows(held, args.sort, args.reverse))
     finally:
@@ -501,7 +362,7 @@ def _score_and_write(scorer: QualityScorer, paths: Sequence[str], args: argparse
     return scores, failures
 
 
-def _in_range(row: Row, low: Optional[float], high: Optional[float]) -> bool:
+def _in_range(row: ScoreResult, low: Optional[float], high: Optional[float]) -> bool:
     """Failed rows are always listed; scored rows when within ``[low, high]``."""
     if row.score is None:
         return True
