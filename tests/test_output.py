@@ -14,13 +14,13 @@ import os
 import random
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
 import pytest
 from conftest import natural_image, save_image
 
+from qualiclip_infer.engine import ScoreResult
 from qualiclip_infer.output import (COLUMNS, RESUMABLE_FORMATS, OutputFileError, RowWriter, choose_format,
                                     open_output, prepare_resume)
 
@@ -33,15 +33,10 @@ EXOTIC = ["plain.jpg", "com,ma.jpg", 'quo"te.jpg', '"', '""', ",", "new\nline.jp
           '{"path": "x"}', "null", "path,score,width,height,error"]
 
 
-@dataclass
-class Result:
-    """A row as the engine yields it (the writers only read these attributes)."""
-
-    name: str
-    score: Optional[float]
-    width: Optional[int]
-    height: Optional[int]
-    error: str = ""
+def Result(name: str, score: Optional[float], width: Optional[int], height: Optional[int],
+           error: str = "") -> ScoreResult:
+    """A row as the engine yields it."""
+    return ScoreResult(0, name, score, width, height, error)
 
 
 def exotic_rows() -> List[Result]:
