@@ -11,7 +11,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from .mos import Excluded, MosTable, read_mos
 from .scores import SavedScore, ScoreCache, image_key, read_scores
 
 if TYPE_CHECKING:
+    from ..engine import ScoreResult
     from ..scorer import QualityScorer
 
 # Scorer settings that change how fast images are scored, not their scores: left out of the saved scores' key.
@@ -303,23 +304,29 @@ def _score_with_model(source: _Source, images: Sequence[str], options: Dict[str,
         return
     log(f"{source.label}: scoring {len(todo)} images")
     scorer = load_scorer(spec) if load_scorer is not None else _default_scorer(spec, options)
-    appender = cache.open() if cache is not None else None
-    last_report = time.monotonic()
-    try:
-        for result in scorer.iter_scores(todo, workers=workers):
-            if time.monotonic() - last_report > _PROGRESS_SECONDS:
-                last_report = time.monotonic()
-                log(f"{source.label}: scored {result.index + 1} of {len(todo)} images")
-            image = todo[result.index]
-            if appender is not None:
-                appender.add(image, result.score, result.width, result.height, result.error)
-                source.saved[image_key(image)] = cache.saved[image_key(image)]
-            else:
-                source.saved[image_key(image)] = SavedScore(result.score, result.error)
+    # Results are named by image key, the form saved scores are matched by.
+    results = _with_progress(scorer.iter_scores(todo, names=[image_key(image) for image in todo], workers=workers),
+                             source.label, len(todo), log)
+    if cache is None:
+        for result in results:
+            source.saved[result.name] = SavedScore(result.score, result.error)
             source.scored += 1
-    finally:
-        if appender is not None:
-            appender.close()
+        return
+    cache.append(results)
+    found, _ = cache.lookup(todo)
+    source.saved.update(found)
+    source.scored = len(found)
+
+
+def _with_progress(results: Iterable[ScoreResult], label: str, total: int,
+                   log: Callable[[str], None]) -> Iterator[ScoreResult]:
+    """Passes results on, saying every so often how far scoring got."""
+    last = time.monotonic()
+    for result in results:
+        if time.monotonic() - last > _PROGRESS_SECONDS:
+            last = time.monotonic()
+            log(f"{label}: scored {result.index + 1} of {total} images")
+        yield result
 
 
 def _default_scorer(spec: ModelSpec, options: Mapping[str, Any]) -> QualityScorer:

@@ -187,7 +187,7 @@ def read_mos(path: Union[str, os.PathLike], *, dataset: Optional[str] = None,
     path_index = _column(described, names, path_col, "--path-col", layout is not None)
     mos_index = _column(described, names, mos_col, "--mos-col", layout is not None)
 
-    base = os.fspath(root) if root is not None else os.path.dirname(source)
+    base = os.fspath(root) if root is not None else (os.path.dirname(source) or os.curdir)
     table = MosTable(source, dataset, base, [], [], lower_better)
     parsed: List[Tuple[int, str, float]] = []
     for line, fields in records:

@@ -52,7 +52,7 @@ def scatter_plot(evaluation: Evaluation, path: Union[str, os.PathLike]) -> None:
         label = model["label"]
         x = evaluation.scores[label]
         values = {name: metric["value"] for name, metric in model["metrics"].items()}
-        ax.scatter(x, y, s=10, alpha=0.5, edgecolors="none", color="tab:blue",
+        ax.scatter(x, y, s=14, alpha=0.6, edgecolors="none", color="tab:blue",
                    label=f"{report['n']} images: SRCC {_number(values['srcc'])}, KRCC {_number(values['krcc'])}, "
                          f"PLCC {_number(values['plcc'])}")
         grid = np.linspace(float(x.min()), float(x.max()), 256)

@@ -12,10 +12,13 @@ import io
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, TextIO, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple, Union
 
-SCORE_COLUMNS = ("path", "score", "width", "height", "error")
-_SCORE_DECIMALS = 8  # as qualiclip-score: float32 scores carry ~7 significant digits
+from ..cli import COLUMNS as SCORE_COLUMNS
+from ..cli import RowWriter
+
+if TYPE_CHECKING:
+    from ..engine import ScoreResult
 
 
 class ScoresFileError(ValueError):
@@ -110,14 +113,15 @@ class ScoreCache:
     def __init__(self, path: Union[str, os.PathLike], *, fresh: bool = False):
         self.path = os.fspath(path)
         self.saved: Dict[str, SavedScore] = {}
-        self._complete_length = 0
-        if fresh or not os.path.exists(self.path):
-            self._fresh = True
-            return
-        self._fresh = False
+        # Bytes of complete rows: a run killed while writing leaves a last row without its newline, which is
+        # ignored here and cut off before appending (that image is scored again).
+        self._complete_bytes = 0
+        self._fresh = fresh or not os.path.exists(self.path)
+        if not self._fresh:
+            self._load()
+
+    def _load(self) -> None:
         text = _read(self.path)
-        # A run killed while writing leaves a last row without its newline: ignore it (and cut it off before
-        # appending); that image is scored again.
         complete = text[:text.rfind("\n") + 1]
         if complete:
             header = next(csv.reader([complete.split("\n", 1)[0]]))
@@ -125,7 +129,7 @@ class ScoreCache:
                 raise ScoresFileError(f"{self.path}: not a saved-scores file (header {','.join(header)!r}); move it "
                                       f"away or pass --rescore to overwrite it")
             self.saved = _parse(self.path, complete, SCORE_COLUMNS)[0]
-        self._complete_length = len(complete.encode("utf-8", "surrogateescape"))
+        self._complete_bytes = len(complete.encode("utf-8", "surrogateescape"))
 
     def lookup(self, images: Iterable[str]) -> Tuple[Dict[str, SavedScore], List[str]]:
         """Splits images into those with a saved result (by image key) and those still to score."""
@@ -138,59 +142,27 @@ class ScoreCache:
                 todo.append(image)
         return found, todo
 
-    def open(self) -> "_Appender":
-        """Opens the file for appending results (creating it, with its header, if needed)."""
-        return _Appender(self)
+    def append(self, results: Iterable[ScoreResult]) -> None:
+        """Saves results (named by :func:`image_key`) as they come, each flushed, then reloads what was saved, so
+        the scores used are exactly those a later evaluation will read back.
 
-
-class _Appender:
-    def __init__(self, cache: ScoreCache):
-        self._cache = cache
-        folder = os.path.dirname(cache.path)
+        Raises:
+            ScoresFileError: The file cannot be written.
+        """
         try:
+            folder = os.path.dirname(self.path)
             if folder:
                 os.makedirs(folder, exist_ok=True)
-            if cache._fresh:
-                self._file: TextIO = open(cache.path, "w", encoding="utf-8", errors="surrogateescape", newline="")
-            else:
-                self._file = open(cache.path, "a", encoding="utf-8", errors="surrogateescape", newline="")
-                self._file.truncate(cache._complete_length)
-                self._file.seek(cache._complete_length)
+            file = open(self.path, "w" if self._fresh else "r+", encoding="utf-8", errors="surrogateescape",
+                        newline="")
         except OSError as error:
-            raise ScoresFileError(f"{cache.path}: {error.strerror or error}") from None
-        if cache._fresh or cache._complete_length == 0:
-            self._write(SCORE_COLUMNS)
-        cache._fresh = False
-        self._writer_flush()
-
-    def add(self, image: str, score: Optional[float], width: Optional[int], height: Optional[int],
-            error: str) -> None:
-        """Saves one image's result, flushed at once."""
-        key = image_key(image)
-        self._write((key, "" if score is None else f"{score:.{_SCORE_DECIMALS}f}", _blank(width), _blank(height),
-                     error))
-        self._writer_flush()
-        self._cache.saved[key] = SavedScore(None if score is None else float(f"{score:.{_SCORE_DECIMALS}f}"),
-                                            error if score is None else "")
-
-    def close(self) -> None:
-        self._file.close()
-        self._cache._complete_length = os.path.getsize(self._cache.path)
-
-    def __enter__(self) -> "_Appender":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _write(self, cells) -> None:
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(cells)
-        self._file.write(buffer.getvalue())
-
-    def _writer_flush(self) -> None:
-        self._file.flush()
-
-
-def _blank(value: Optional[int]) -> str:
-    return "" if value is None else str(value)
+            raise ScoresFileError(f"{self.path}: {error.strerror or error}") from None
+        with file:
+            file.seek(self._complete_bytes)
+            file.truncate()
+            writer = RowWriter(file, "csv", header=self._complete_bytes == 0)
+            for result in results:
+                writer.write([result])
+            writer.close()
+        self._fresh = False
+        self._load()
