@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Measure how well quality scores match human opinion scores (MOS): SRCC, KRCC, PLCC and RMSE, "
-                    "raw and after a fitted logistic mapping, with bootstrap 95%% confidence intervals. Writes a "
+                    "raw and after a fitted logistic mapping, with bootstrap 95% confidence intervals. Writes a "
                     "JSON report, prints a markdown table, and saves each model's scores next to the report so a "
                     "second evaluation reuses them.",
         epilog="Exit status: 0 report written, 2 usage error (bad option or file, model unavailable, fewer than 3 "
@@ -165,6 +165,7 @@ def _run(args: argparse.Namespace) -> int:
                       fits=("logistic4", "vqeg5") if args.vqeg5 else ("logistic4",), resamples=args.resamples,
                       seed=args.seed, workers=args.workers, log=log)
     try:
+        os.makedirs(report_dir, exist_ok=True)
         result.write_json(args.output)
         if args.plot:
             result.plot(args.plot)
