@@ -374,6 +374,8 @@ class _Fitted:
 
 def _fit(form_name: str, x: np.ndarray, y: np.ndarray) -> Optional[_Fitted]:
     """The fit on standardised values; ``None`` with too few points or a constant series."""
+    if form_name not in FORMS:
+        raise ValueError(f"unknown logistic form {form_name!r}; expected one of {', '.join(FORMS)}")
     form = FORMS[form_name]
     scaling = _Scaling(float(x.mean()), float(x.std()), float(y.mean()), float(y.std()))
     if len(x) <= form.parameters or not scaling.x_std > 0 or not scaling.y_std > 0:
@@ -403,8 +405,6 @@ def fit_logistic(scores: ArrayLike, mos: ArrayLike, form: str = "logistic4") -> 
         parameters: the fit stops once its squared error has settled, so the parameters are large but the predicted
         values (and PLCC, RMSE) are right.
     """
-    if form not in FORMS:
-        raise ValueError(f"unknown logistic form {form!r}; expected one of {', '.join(FORMS)}")
     x, y = _as_pair(scores, mos)
     if x.ndim != 1:
         raise ValueError("fit_logistic takes 1-D scores and opinion scores")
