@@ -12,32 +12,25 @@ stay instant, and ``--offline`` can switch huggingface_hub off before it reads i
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import io
-import json
 import math
 import os
 import re
 import statistics
 import sys
-from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Set, TextIO, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from ._errors import first_line
 from ._version import __version__
 from .files import InputNotFoundError, find_images
+from .output import FORMATS, RESUMABLE_FORMATS, OutputFileError, RowWriter, choose_format, open_output, prepare_resume
 
 if TYPE_CHECKING:
     from .engine import ScoreResult
     from .scorer import QualityScorer
 
 PROG = "qualiclip-score"
-COLUMNS = ("path", "score", "width", "height", "error")
-FORMATS = ("table", "csv", "jsonl", "json")
-RESUMABLE_FORMATS = ("csv", "jsonl")
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-_SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
-_SCORE_DECIMALS = 8  # float32 scores carry ~7 significant digits
 
 
 class UsageError(Exception):
@@ -198,140 +191,7 @@ def in_shard(path: str, shard: int, shards: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Resuming
-
-
-def read_finished(path: str, fmt: str) -> Tuple[Set[str], bool]:
-    """Paths already listed in an output file of an earlier run, for ``--resume``.
-
-    A last line without its newline (the run was killed while writing it) is cut off the file, so that path is
-    scored again.
-
-    Args:
-        path: The ``-o`` file; it need not exist.
-        fmt: ``csv`` or ``jsonl``.
-
-    Returns:
-        The listed paths, and whether the file already has its content (so no csv header is needed).
-
-    Raises:
-        UsageError: The file cannot be read, or is not a ``qualiclip-score`` output in that format.
-    """
-    try:
-        _drop_partial_line(path)
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            lines = f.read().splitlines(keepends=True)
-    except FileNotFoundError:
-        return set(), False
-    except OSError as error:
-        raise UsageError(f"--resume {path}: {error.strerror or first_line(error)}") from error
-    if not lines:
-        return set(), False
-    return (_csv_paths(path, lines) if fmt == "csv" else _jsonl_paths(path, lines)), True
-
-
-def _drop_partial_line(path: str) -> None:
-    """Cuts a file after its last newline, reading backwards from the end."""
-    with open(path, "rb+") as f:
-        end = position = f.seek(0, os.SEEK_END)
-        while position > 0:
-            start = max(0, position - (1 << 16))
-            f.seek(start)
-            cut = f.read(position - start).rfind(b"\n")
-            if cut >= 0:
-                if start + cut + 1 < end:
-                    f.truncate(start + cut + 1)
-                return
-            position = start
-        f.truncate(0)
-
-
-def _csv_paths(path: str, lines: List[str]) -> Set[str]:
-    rows = csv.reader(lines)
-    header = next(rows)
-    if tuple(header) != COLUMNS:
-        raise UsageError(f"--resume {path}: not a {PROG} csv file (header {','.join(header)!r})")
-    return {row[0] for row in rows if row}
-
-
-def _jsonl_paths(path: str, lines: List[str]) -> Set[str]:
-    paths = set()
-    for number, line in enumerate(lines, 1):
-        try:
-            paths.add(json.loads(line)["path"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise UsageError(f"--resume {path}:{number}: not a {PROG} jsonl row") from error
-    return paths
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Output
-
-
-class RowWriter:
-    """Writes rows in one format, flushing after each call so that an interrupted run keeps every row written.
-
-    Args:
-        stream: Text stream to write to.
-        fmt: One of :data:`FORMATS`.
-        header: Write the csv/table header (not when appending to an earlier run's file).
-        path_width: Width of the table's path column.
-    """
-
-    def __init__(self, stream: TextIO, fmt: str, *, header: bool = True, path_width: int = 40):
-        self._stream = stream
-        self._fmt = fmt
-        self._path_width = path_width
-        self._count = 0
-        if fmt == "json":
-            stream.write("[")
-        elif header and fmt == "csv":
-            stream.write(_csv_line(COLUMNS))
-        elif header and fmt == "table":
-            stream.write(self._table_line(COLUMNS))
-        stream.flush()
-
-    def write(self, rows: Iterable[ScoreResult]) -> None:
-        """Writes and flushes rows."""
-        for row in rows:
-            self._stream.write(self._format(row))
-            self._count += 1
-        self._stream.flush()
-
-    def close(self) -> None:
-        """Ends the output (closes the json array) and flushes; the stream stays open."""
-        if self._fmt == "json":
-            self._stream.write("\n]\n" if self._count else "]\n")
-        self._stream.flush()
-
-    def _format(self, row: ScoreResult) -> str:
-        if self._fmt == "jsonl":
-            return json.dumps(_record(row), ensure_ascii=False) + "\n"
-        if self._fmt == "json":
-            return ("," if self._count else "") + "\n" + json.dumps(_record(row), ensure_ascii=False)
-        score = "" if row.score is None else f"{row.score:.{_SCORE_DECIMALS if self._fmt == 'csv' else 4}f}"
-        cells = (row.name, score, _blank(row.width), _blank(row.height), row.error)
-        return _csv_line(cells) if self._fmt == "csv" else self._table_line(cells)
-
-    def _table_line(self, cells: Sequence[str]) -> str:
-        path, score, width, height, error = cells
-        return f"{path:<{self._path_width}}  {score:>6}  {width:>5}  {height:>6}  {error}".rstrip() + "\n"
-
-
-def _record(row: ScoreResult) -> dict:
-    """A json row: missing values are null."""
-    return {"path": row.name, "score": None if row.score is None else round(row.score, _SCORE_DECIMALS),
-            "width": row.width, "height": row.height, "error": row.error or None}
-
-
-def _csv_line(cells: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(cells)
-    return buffer.getvalue()
-
-
-def _blank(value: Optional[int]) -> str:
-    return "" if value is None else str(value)
 
 
 class _Progress:
@@ -426,14 +286,20 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"no images found in {' '.join(args.paths)}")
     if args.shard:
         paths = [path for path in paths if in_shard(path, *args.shard)]
-    finished, has_content = read_finished(args.output, fmt) if args.resume else (set(), False)
+    try:
+        finished, has_content = prepare_resume(args.output, fmt) if args.resume else (set(), False)
+    except OutputFileError as error:
+        raise UsageError(str(error)) from None
     if finished:
         paths = [path for path in paths if path not in finished]
         if not args.quiet:
             print(f"{PROG}: resuming: {len(finished)} images already in {args.output}, {len(paths)} to score",
                   file=sys.stderr)
     scorer = _load_scorer(args, prompts)
-    stream = _open_output(args.output, append=args.resume)
+    try:
+        stream = open_output(args.output, append=args.resume)
+    except OutputFileError as error:
+        raise UsageError(str(error)) from None
     try:
         writer = RowWriter(stream, fmt, header=not has_content, path_width=max(map(len, paths), default=4))
         scores, failures = _score_and_write(scorer, paths, args, writer)
@@ -451,12 +317,7 @@ def _output_format(args: argparse.Namespace) -> str:
         raise UsageError(f"--min-score {args.min_score} is above --max-score {args.max_score}")
     if args.reverse and not args.sort:
         raise UsageError("--reverse needs --sort")
-    if args.format:
-        fmt = args.format
-    elif args.output:
-        fmt = _SUFFIX_FORMATS.get(os.path.splitext(args.output)[1].lower(), "csv")
-    else:
-        fmt = "table" if sys.stdout.isatty() else "csv"
+    fmt = choose_format(args.format, args.output, sys.stdout.isatty())
     if args.resume:
         if not args.output:
             raise UsageError("--resume needs -o FILE")
@@ -493,15 +354,6 @@ def _load_scorer(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str
         return QualityScorer(**scorer_options(args, prompts))
     except Exception as error:  # weights come from files and the network, which fail in many ways: one line each
         raise UsageError(f"cannot load the model: {first_line(error)}") from error
-
-
-def _open_output(path: Optional[str], append: bool) -> TextIO:
-    if path is None:
-        return sys.stdout
-    try:
-        return open(path, "a" if append else "w", encoding="utf-8", errors="surrogateescape", newline="")
-    except OSError as error:
-        raise UsageError(f"-o {path}: {error.strerror or first_line(error)}") from error
 
 
 def _score_and_write(scorer: QualityScorer, paths: Sequence[str], args: argparse.Namespace,

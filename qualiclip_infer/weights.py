@@ -104,7 +104,7 @@ def resolve_weights(
 
 def _download(hub_file: HubFile, *, cache_dir, local_files_only: bool) -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(
@@ -221,8 +221,12 @@ def save_checkpoint(path: Union[str, os.PathLike], clip_state: Mapping[str, torc
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        try:
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+        except ImportError as error:
+            raise CheckpointError(f"{path}: reading .safetensors files needs the 'safetensors' package "
+                                  f"(pip install safetensors)") from error
 
         try:
             return load_file(path)
