@@ -410,9 +410,18 @@ def test_saved_scores_survive_an_interrupted_write(tmp_path):
     found, todo = cache.lookup([str(tmp_path / name) for name in ("a.png", "b.png", "c.png")])
     assert [saved.score for saved in found.values()] == [0.25, 0.75] and todo == [str(tmp_path / "c.png")]
     cache.append([Result(image_key(tmp_path / "c.png"), 0.5)])
-    assert path.read_text() == text + f"{image_key(tmp_path / 'c.png')},0.50000000,64,48,\n"
+    text = path.read_text()
+    assert text.endswith(f"{image_key(tmp_path / 'b.png')},0.75000000,64,48,\n"
+                         f"{image_key(tmp_path / 'c.png')},0.50000000,64,48,\n")
+    # Killed inside a quoted name that holds a newline: the open quote must not swallow later rows.
+    odd = image_key(tmp_path / "d\n,e.png")
+    path.write_text(text + '"' + odd.split("\n")[0] + "\n")
+    cache = ScoreCache(path)
+    assert len(cache.saved) == 3 and path.read_text() == text
+    cache.append([Result(odd, 0.125), Result(image_key(tmp_path / "f.png"), 1.0)])
+    assert ScoreCache(path).saved[odd].score == 0.125 and len(ScoreCache(path).saved) == 5
     path.write_text("something,else\n1,2\n")
-    with pytest.raises(ScoresFileError, match="not a saved-scores file.*--rescore"):
+    with pytest.raises(ScoresFileError, match="no header path,score,width,height,error.*--rescore"):
         ScoreCache(path)
     assert ScoreCache(path, fresh=True).saved == {}
 

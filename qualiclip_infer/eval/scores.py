@@ -14,8 +14,9 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple, Union
 
-from ..cli import COLUMNS as SCORE_COLUMNS
-from ..cli import RowWriter
+from .._errors import first_line
+from ..output import COLUMNS as SCORE_COLUMNS
+from ..output import OutputFileError, RowWriter, open_output, prepare_resume
 
 if TYPE_CHECKING:
     from ..engine import ScoreResult
@@ -102,34 +103,34 @@ def read_scores(path: Union[str, os.PathLike]) -> Dict[str, SavedScore]:
 class ScoreCache:
     """The saved scores of one model and its settings, in a ``qualiclip-score`` CSV.
 
+    The file is checked and readied like a ``qualiclip-score --resume`` output: a last row left incomplete by an
+    interrupted evaluation is cut off (that image is scored again), and a file that is not such an output is refused
+    and left untouched.
+
     Args:
         path: The file; it need not exist.
         fresh: Ignore (and overwrite) what the file holds.
 
     Raises:
-        ScoresFileError: The file exists but is not such a file.
+        ScoresFileError: The file exists but is not such a file, or cannot be read.
     """
 
     def __init__(self, path: Union[str, os.PathLike], *, fresh: bool = False):
         self.path = os.fspath(path)
         self.saved: Dict[str, SavedScore] = {}
-        # Bytes of complete rows: a run killed while writing leaves a last row without its newline, which is
-        # ignored here and cut off before appending (that image is scored again).
-        self._complete_bytes = 0
-        self._fresh = fresh or not os.path.exists(self.path)
-        if not self._fresh:
+        self._fresh = fresh
+        self._has_content = False
+        if not fresh:
             self._load()
 
     def _load(self) -> None:
-        text = _read(self.path)
-        complete = text[:text.rfind("\n") + 1]
-        if complete:
-            header = next(csv.reader([complete.split("\n", 1)[0]]))
-            if tuple(header) != SCORE_COLUMNS:
-                raise ScoresFileError(f"{self.path}: not a saved-scores file (header {','.join(header)!r}); move it "
-                                      f"away or pass --rescore to overwrite it")
-            self.saved = _parse(self.path, complete, SCORE_COLUMNS)[0]
-        self._complete_bytes = len(complete.encode("utf-8", "surrogateescape"))
+        try:
+            self._has_content = prepare_resume(self.path, "csv").has_content
+        except OutputFileError as error:
+            raise ScoresFileError(f"saved scores: {first_line(error)}; move it away or pass --rescore to overwrite "
+                                  f"it") from None
+        if self._has_content:
+            self.saved = _parse(self.path, _read(self.path), SCORE_COLUMNS)[0]
 
     def lookup(self, images: Iterable[str]) -> Tuple[Dict[str, SavedScore], List[str]]:
         """Splits images into those with a saved result (by image key) and those still to score."""
@@ -153,14 +154,11 @@ class ScoreCache:
             folder = os.path.dirname(self.path)
             if folder:
                 os.makedirs(folder, exist_ok=True)
-            file = open(self.path, "w" if self._fresh else "r+", encoding="utf-8", errors="surrogateescape",
-                        newline="")
-        except OSError as error:
-            raise ScoresFileError(f"{self.path}: {error.strerror or error}") from None
-        with file:
-            file.seek(self._complete_bytes)
-            file.truncate()
-            writer = RowWriter(file, "csv", header=self._complete_bytes == 0)
+            stream = open_output(self.path, append=not self._fresh)
+        except (OSError, OutputFileError) as error:
+            raise ScoresFileError(f"{self.path}: {getattr(error, 'strerror', None) or first_line(error)}") from None
+        with stream:
+            writer = RowWriter(stream, "csv", header=self._fresh or not self._has_content)
             for result in results:
                 writer.write([result])
             writer.close()
