@@ -4,7 +4,6 @@ layout, saved scores, and ``qualiclip-eval`` end to end as a subprocess on gener
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os

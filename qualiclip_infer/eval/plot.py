@@ -25,7 +25,7 @@ def require_matplotlib() -> None:
         MissingExtraError: It cannot; the message names the extra to install.
     """
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib.figure  # noqa: F401 (only whether it imports)
     except ImportError as error:
         raise MissingExtraError(f"plots need matplotlib, which is not installed: {EXTRA_HINT}") from error
 
