@@ -78,9 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print count, mean, median, min, max and failures to standard error")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-file error messages")
 
+    add_scoring_options(parser)
+    return parser
+
+
+def add_scoring_options(parser: argparse.ArgumentParser, *, several_weights: bool = False) -> None:
+    """Adds the options that choose and run the model, shared by ``qualiclip-score`` and ``qualiclip-eval``.
+
+    Args:
+        parser: The parser to extend.
+        several_weights: ``--weights`` may be repeated (a list), for commands that compare models.
+    """
     model = parser.add_argument_group("model")
-    model.add_argument("--weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
-                       help="checkpoint (default: the official QualiCLIP.pth from the Hugging Face Hub)")
+    if several_weights:
+        model.add_argument("--weights", metavar="PATH|hf-hub:ORG/REPO/FILE", action="append",
+                           help="checkpoint (default: the official QualiCLIP.pth from the Hugging Face Hub); "
+                                "repeat to compare several (paired with the --model options by position, or one "
+                                "for all of them)")
+    else:
+        model.add_argument("--weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
+                           help="checkpoint (default: the official QualiCLIP.pth from the Hugging Face Hub)")
     model.add_argument("--revision", help="Hub branch, tag or commit of the weights")
     model.add_argument("--offline", action="store_true",
                        help="never use the network: the weights must be a local file or already cached")
@@ -102,7 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--threads", type=_positive_int, metavar="N",
                        help="torch CPU threads (default: torch's choice, one per core); lower it on a shared "
                             "machine, where threads waiting for each other at every layer slow everything down")
-    return parser
 
 
 def parse_shard(text: str) -> Tuple[int, int]:
@@ -312,6 +328,15 @@ def _output_format(args: argparse.Namespace) -> str:
     return fmt
 
 
+def scorer_options(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str]]]) -> dict:
+    """The :class:`QualityScorer` arguments the options of :func:`add_scoring_options` ask for (unset ones left out)."""
+    options = dict(weights=args.weights, revision=args.revision, device=args.device, precision=args.precision,
+                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale,
+                   max_image_pixels=None if args.max_pixels is None else round(args.max_pixels * 1e6),
+                   model=getattr(args, "model", None))
+    return {"local_files_only": args.offline, **{k: v for k, v in options.items() if v is not None}}
+
+
 def _load_scorer(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str]]]) -> QualityScorer:
     import warnings
 
@@ -325,11 +350,8 @@ def _load_scorer(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    options = dict(weights=args.weights, revision=args.revision, device=args.device, precision=args.precision,
-                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale,
-                   max_image_pixels=None if args.max_pixels is None else round(args.max_pixels * 1e6))
     try:
-        return QualityScorer(local_files_only=args.offline, **{k: v for k, v in options.items() if v is not None})
+        return QualityScorer(**scorer_options(args, prompts))
     except Exception as error:  # weights come from files and the network, which fail in many ways: one line each
         raise UsageError(f"cannot load the model: {first_line(error)}") from error
 
