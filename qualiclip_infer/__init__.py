@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .prompts import OFFICIAL_PROMPT_PAIRS
     from .scorer import QualityScorer, load_model
     from .weights import CheckpointError, WeightsNotFoundError, load_checkpoint, resolve_weights, save_checkpoint
+    from .eval import evaluate, read_mos
 
 # Public names and their submodules. They are imported on first use (PEP 562) so that importing the package,
 # e.g. for `qualiclip-score --help`, does not pay for torch and open_clip (several seconds).
@@ -34,6 +35,8 @@ _EXPORTS = {
     "load_checkpoint": "weights",
     "resolve_weights": "weights",
     "save_checkpoint": "weights",
+    "evaluate": "eval",
+    "read_mos": "eval",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
