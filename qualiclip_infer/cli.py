@@ -107,11 +107,10 @@ def add_scoring_options(parser: argparse.ArgumentParser, *, several_weights: boo
                            help="CLIP weights (default: the model's published file from the Hugging Face Hub, "
                                 "QualiCLIP.pth for qualiclip)")
     model.add_argument("--revision", help="Hub branch, tag or commit of the weights")
-    if not several_weights:
-        model.add_argument("--prompt-weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
-                           help="learned-prompt file of a qualiclip+ or clipiqa+ model (default: its published file)")
-        model.add_argument("--prompt-revision", metavar="REVISION",
-                           help="Hub branch, tag or commit of --prompt-weights")
+    model.add_argument("--prompt-weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
+                       help="learned-prompt file of a qualiclip+ or clipiqa+ model (default: its published file)"
+                            + ("; it applies to every --model" if several_weights else ""))
+    model.add_argument("--prompt-revision", metavar="REVISION", help="Hub branch, tag or commit of --prompt-weights")
     model.add_argument("--offline", action="store_true",
                        help="never use the network: the weights must be a local file or already cached")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
