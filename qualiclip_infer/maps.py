@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, List, Literal, Tuple
 
 import torch
 
-from .images import ImageInput, name_of, size_batches, to_tensor
+from .engine import group_by_size
+from .images import ImageInput, name_of, probe, to_tensor
 from .model import MIN_IMAGE_SIDE
 
 if TYPE_CHECKING:
@@ -83,7 +84,9 @@ def quality_map(scorer: QualityScorer, image: ImageInput, *, method: MapMethod =
             raise ValueError(f"window must be at least {MIN_IMAGE_SIDE} pixels, got {window}")
         if not 1 <= stride <= window:
             raise ValueError(f"stride must be between 1 and the window ({window}), got {stride}")
-    tensor = to_tensor(image, name_of(image, 0)).to(scorer.device)
+    name = name_of(image, 0)
+    probe(image, name, scorer.max_image_pixels)  # from the header: refuse what the scorer refuses before decoding
+    tensor = to_tensor(image, name).to(scorer.device)
     if method == "windows":
         return _window_map(scorer, tensor, window, stride)
     return _token_map(scorer, tensor)
@@ -96,8 +99,8 @@ def _window_map(scorer: QualityScorer, image: torch.Tensor, window: int, stride:
     boxes = torch.tensor([[(left, top, left + crop_width, top + crop_height) for left in lefts] for top in tops])
     flat_boxes = boxes.view(-1, 4).tolist()
     scores = torch.empty(len(flat_boxes))
-    for batch in size_batches([(crop_width, crop_height)] * len(flat_boxes), scorer.batch_size,
-                              scorer.max_batch_pixels):
+    for batch in group_by_size([(crop_width, crop_height)] * len(flat_boxes), scorer.batch_size,
+                               scorer.max_batch_pixels):
         crops = [image[:, top:bottom, left:right] for left, top, right, bottom in (flat_boxes[i] for i in batch)]
         scores[batch] = scorer.score_tensor(torch.stack(crops))
     whole = float(scorer.score_tensor(image[None])[0])
