@@ -125,9 +125,9 @@ def _value_range(result: QualityMap, value_range: Optional[Tuple[float, float]])
 
 def _load_font(size: int) -> ImageFont.ImageFont:
     try:
-        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
-    except (TypeError, OSError, ImportError):
-        return ImageFont.load_default()  # older Pillow: the fixed bitmap font
+        return ImageFont.load_default(size=size)  # Pillow's built-in scalable font, drawn by FreeType
+    except (ImportError, OSError):
+        return ImageFont.load_default()  # a Pillow built without FreeType: its small fixed bitmap font
 
 
 class _Legend:
