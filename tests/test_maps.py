@@ -155,6 +155,14 @@ def test_bad_arguments_and_images(scorer):
         scorer.quality_map(photo(40, 20))
 
 
+def test_the_scorers_pixel_limit_applies(lively):
+    limited = QualityScorer(lively, device="cpu", max_image_pixels=100 * 80)
+    assert limited.quality_map(photo(100, 80), method="tokens").values.shape == (2, 3)
+    for method in ("windows", "tokens"):
+        with pytest.raises(ImageError, match="over the limit"):
+            limited.quality_map(photo(100, 81), method=method)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Tokens
 
