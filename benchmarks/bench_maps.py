@@ -12,7 +12,8 @@ machine only ever makes a run slower). The checkpoint is a full-size RN50 with r
 
 Usage (prints a Markdown section to append to ``benchmarks/RESULTS.md``)::
 
-    python benchmarks/bench_maps.py [--device cpu|cuda] [--repeats 3] [--threads N] >> benchmarks/RESULTS.md
+    python benchmarks/bench_maps.py [--device cpu|cuda] [--repeats 3] [--threads N] [--max-batch-pixels N] \\
+        >> benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default="/tmp/qualiclip-bench", help="where the RN50 checkpoint is kept")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--max-batch-pixels", type=int, help="the scorer's pixel cap per batch (default: its own)")
     args = parser.parse_args()
 
     import torch
@@ -50,7 +52,7 @@ def main() -> None:
     from qualiclip_infer import QualityScorer
 
     checkpoint, _ = _checkpoint(Path(args.workdir) / "rn50-random.pth")
-    scorer = QualityScorer(checkpoint, device=args.device)
+    scorer = QualityScorer(checkpoint, device=args.device, max_batch_pixels=args.max_batch_pixels)
     photo = torch.from_numpy(_test_helpers().natural_image(WIDTH, HEIGHT, 0)).permute(2, 0, 1).float() / 255
     boxes = scorer.quality_map(photo).boxes.view(-1, 4).tolist()
 
@@ -105,8 +107,9 @@ def _report(times: Dict[str, List[float]], cpu: Dict[str, List[float]], load: Di
         f"{torch.get_num_threads()} torch threads",
         f"- Date: {datetime.date.today().isoformat()}; Python {platform.python_version()}, torch {torch.__version__}",
         f"- Command: `python benchmarks/bench_maps.py --device {args.device} --repeats {args.repeats}"
-        f"{f' --threads {args.threads}' if args.threads else ''}`; full-size RN50 (random weights), one "
-        f"{WIDTH}x{HEIGHT} photo, {windows} windows; batch size {scorer.batch_size}, at most "
+        f"{f' --threads {args.threads}' if args.threads else ''}"
+        f"{f' --max-batch-pixels {args.max_batch_pixels}' if args.max_batch_pixels else ''}`; full-size RN50 "
+        f"(random weights), one {WIDTH}x{HEIGHT} photo, {windows} windows; batch size {scorer.batch_size}, at most "
         f"{scorer.max_batch_pixels / 2**20:g} Mpx per batch; best of {args.repeats} after a warm-up round",
         "",
         "| runner | best wall s | best CPU s | each run: wall s (other processes' load, cores) |",
