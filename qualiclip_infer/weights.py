@@ -149,9 +149,13 @@ class Checkpoint:
     _digest: dict = field(default_factory=dict, repr=False, compare=False)
 
     def image_tower_state(self) -> dict[str, torch.Tensor]:
-        """The image tower's tensors, keys relative to the tower, copied out of any memory-mapped file."""
+        """The image tower's tensors, keys relative to the tower.
+
+        They are the checkpoint's own tensors, not copies: for a ``.pth`` file, views of the memory-mapped file.
+        Copy them (``load_state_dict`` without ``assign`` does) before changing them or keeping them for long.
+        """
         prefix = "visual."
-        return {k[len(prefix):]: v.clone() for k, v in self.clip_state.items() if k.startswith(prefix)}
+        return {k[len(prefix):]: v for k, v in self.clip_state.items() if k.startswith(prefix)}
 
     def sha256(self) -> str:
         """SHA-256 of the file, computed once: it keys caches derived from these weights."""
@@ -242,8 +246,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _check_clip_state(path: Path, state: dict[str, torch.Tensor], architecture: ClipArchitecture) -> None:
     """Completes ``state`` with absent batch counters, then raises on any other missing, extra or misshapen key."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in architecture.build_clip().state_dict().items()}
+    expected = architecture.state_shapes()
     # OpenAI's own files lack BatchNorm's batch counters; inference never reads them.
     for key in expected:
         if key.endswith(".num_batches_tracked") and key not in state:
