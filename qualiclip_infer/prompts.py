@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
@@ -81,16 +82,46 @@ def prompt_features(checkpoint: Checkpoint, pairs: Optional[Sequence[Sequence[st
     if pairs is None:
         return checkpoint.prompt_features
     pairs = as_prompt_pairs(pairs)
-    key = hashlib.sha256(json.dumps({"weights": checkpoint.sha256(), "prompts": pairs}).encode()).hexdigest()
+    cache_dir = Path(cache_dir or prompt_cache_dir())
+    weights = _weights_digest(checkpoint, cache_dir)
+    key = hashlib.sha256(json.dumps({"weights": weights, "prompts": pairs}).encode()).hexdigest()
     if key in _memory_cache:
         return _memory_cache[key]
-    file = Path(cache_dir or prompt_cache_dir()) / "prompt_features" / f"{key}.pt"
+    file = cache_dir / "prompt_features" / f"{key}.pt"
     features = _read_cached(file, pairs, checkpoint.architecture.embed_dim)
     if features is None:
         features = encode_prompts(checkpoint, pairs)
         _write_cached(file, pairs, features)
     _memory_cache[key] = features
     return features
+
+
+def _weights_digest(checkpoint: Checkpoint, cache_dir: Path) -> str:
+    """``checkpoint.sha256()``, remembered under ``cache_dir`` by the file's identity (path, device, inode, size and
+    modification time), so that a later process with the same file pays a ``stat`` instead of reading and hashing the
+    whole file (400 MB for RN50: a few tenths of a second on every start with custom prompts).
+    """
+    try:
+        info = os.stat(checkpoint.path)
+    except OSError:
+        return checkpoint.sha256()
+    identity = json.dumps([os.path.realpath(checkpoint.path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns])
+    memo = cache_dir / "weights_sha256" / hashlib.sha256(identity.encode()).hexdigest()
+    try:
+        remembered = memo.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        remembered = ""
+    if re.fullmatch(r"[0-9a-f]{64}", remembered):
+        return remembered
+    digest = checkpoint.sha256()
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        partial = memo.with_name(f"{memo.name}.{os.getpid()}.partial")
+        partial.write_text(digest, encoding="ascii")
+        os.replace(partial, memo)
+    except OSError:
+        pass  # A read-only cache only costs hashing again next time.
+    return digest
 
 
 def _read_cached(file: Path, pairs: Tuple[PromptPair, ...], embed_dim: int) -> Optional[torch.Tensor]:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+
+import torch
 
 from conftest import natural_image, save_image
 
@@ -33,3 +37,34 @@ def test_scoring_imports_no_text_tower_packages(tiny_checkpoint, tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["status"] == 0 and out.read_text().startswith("path,score")
     assert report["imported"] == []
+
+
+def test_cached_prompt_features_cost_no_hash_of_the_weights(tiny_checkpoint, tmp_path, monkeypatch):
+    """With custom prompts, the weights' SHA-256 keys the feature cache; a later process reuses it after a stat."""
+    import qualiclip_infer.prompts as prompts_module
+    from qualiclip_infer import load_checkpoint
+    from qualiclip_infer.weights import Checkpoint
+
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(tiny_checkpoint.read_bytes())
+    cache = tmp_path / "cache"
+    hashed = []
+    real_sha256 = Checkpoint.sha256
+    monkeypatch.setattr(Checkpoint, "sha256", lambda self: hashed.append(self.path) or real_sha256(self))
+    pairs = [("Sharp.", "Blurry.")]
+
+    def features():
+        monkeypatch.setattr(prompts_module, "_memory_cache", {})  # as in a new process
+        return prompts_module.prompt_features(load_checkpoint(weights), pairs, cache_dir=cache)
+
+    first = features()
+    assert len(hashed) == 1
+    assert torch.equal(features(), first) and len(hashed) == 1  # remembered: no second read of the file
+
+    os.utime(weights, ns=(time.time_ns(), time.time_ns() + 10**9))  # the file may have changed: hash again
+    assert torch.equal(features(), first) and len(hashed) == 2
+    assert torch.equal(features(), first) and len(hashed) == 2
+
+    for memo in (cache / "weights_sha256").iterdir():
+        memo.write_text("garbage")
+    assert torch.equal(features(), first) and len(hashed) == 3
