@@ -104,7 +104,7 @@ def resolve_weights(
 
 def _download(hub_file: HubFile, *, cache_dir, local_files_only: bool) -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(
@@ -149,13 +149,15 @@ class Checkpoint:
     _digest: dict = field(default_factory=dict, repr=False, compare=False)
 
     def image_tower_state(self) -> dict[str, torch.Tensor]:
-        """The image tower's tensors, keys relative to the tower.
+        """The image tower's tensors, keys relative to the tower, in fp32.
 
-        They are the checkpoint's own tensors, not copies: for a ``.pth`` file, views of the memory-mapped file.
-        Copy them (``load_state_dict`` without ``assign`` does) before changing them or keeping them for long.
+        Files saved in fp16/bf16 are widened here: the tower is built in fp32 and autocast chooses precisions. Other
+        tensors are the checkpoint's own, not copies: for a ``.pth`` file, views of the memory-mapped file. Copy them
+        (``load_state_dict`` without ``assign`` does) before changing them or keeping them for long.
         """
         prefix = "visual."
-        return {k[len(prefix):]: v for k, v in self.clip_state.items() if k.startswith(prefix)}
+        return {k[len(prefix):]: v.float() if v.is_floating_point() else v
+                for k, v in self.clip_state.items() if k.startswith(prefix)}
 
     def sha256(self) -> str:
         """SHA-256 of the file, computed once: it keys caches derived from these weights."""
@@ -221,8 +223,12 @@ def save_checkpoint(path: Union[str, os.PathLike], clip_state: Mapping[str, torc
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        try:
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+        except ImportError as error:
+            raise CheckpointError(f"{path}: reading .safetensors files needs the 'safetensors' package "
+                                  f"(pip install safetensors)") from error
 
         try:
             return load_file(path)
