@@ -76,7 +76,8 @@ def main() -> None:
                 run = _run(_command(runner, tree, folder, checkpoint, rn50_config), tree or REPO, count)
                 results[name][runner].append(run)
                 print(f"{name} {runner}: first row {run['first_row_s']:.2f} s, wall {run['wall_s']:.2f} s, "
-                      f"cpu {run['cpu_s']:.2f} s, other load {run['other_cores']:.2f}", file=sys.stderr)
+                      f"{run['rows_per_s']:.1f} rows/s, cpu {run['cpu_s']:.2f} s, {run['peak_rss_mb']:.0f} MB, "
+                      f"other load {run['other_cores']:.2f}", file=sys.stderr)
     print(_report(results, args, load_at_start))
 
 
