@@ -37,11 +37,14 @@ def _check_against_reference(checkpoint_path, width, height, logit_scales=(100.0
     clip_state, stored_features = read_checkpoint(checkpoint_path)
     images = _images(width, height)
     expected_features = reference_features(clip_state, (images - 0.45) / 0.27)
-    model = load_model(checkpoint_path)
+    # The network's math, in float64: exact up to float64 rounding. (In float32 a full-size RN50 whose features vary
+    # over the image, as the fixture's do, accumulates ~1e-4 relative error over its 16 blocks; scores, below, stay
+    # within the tolerance.)
+    model = load_model(checkpoint_path).double()
     with torch.no_grad():
-        features = model.encode_image(((images - 0.45) / 0.27).float()).double()
+        features = model.encode_image(((images - 0.45) / 0.27).double())
     relative = (features - expected_features).norm(dim=-1) / expected_features.norm(dim=-1)
-    assert relative.max() < 1e-5
+    assert relative.max() < 1e-10
     for scale in logit_scales:
         scorer = QualityScorer(checkpoint_path, device="cpu", logit_scale=scale)
         expected = reference_score(clip_state, stored_features, images, scale)
