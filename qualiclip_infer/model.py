@@ -188,8 +188,8 @@ class Bottleneck(nn.Module):
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.act2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(self.avgpool(out)))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.act3(out + shortcut)
+        out += x if self.downsample is None else self.downsample(x)  # in place: one activation less to allocate
+        return self.act3(out)
 
 
 class ModifiedResNet(nn.Module):
