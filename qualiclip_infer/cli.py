@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 PROG = "qualiclip-score"
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# The names of qualiclip_infer.presets.PRESETS, listed here so that --help needs no torch (a test keeps them equal).
+_MODEL_NAMES = ("qualiclip", "qualiclip+koniq", "qualiclip+clive", "qualiclip+flive", "qualiclip+spaq", "clipiqa",
+                "clipiqa+")
 
 
 class UsageError(Exception):
@@ -78,10 +81,36 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print count, mean, median, min, max and failures to standard error")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-file error messages")
 
+    add_scoring_options(parser)
+    return parser
+
+
+def add_scoring_options(parser: argparse.ArgumentParser, *, several_weights: bool = False) -> None:
+    """Adds the options that choose and run the model, shared by ``qualiclip-score`` and ``qualiclip-eval``.
+
+    Args:
+        parser: The parser to extend.
+        several_weights: ``--weights`` may be repeated (a list), for commands that compare models.
+    """
     model = parser.add_argument_group("model")
-    model.add_argument("--weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
-                       help="checkpoint (default: the official QualiCLIP.pth from the Hugging Face Hub)")
+    if several_weights:
+        model.add_argument("--weights", metavar="PATH|hf-hub:ORG/REPO/FILE", action="append",
+                           help="checkpoint (default: the official QualiCLIP.pth from the Hugging Face Hub); "
+                                "repeat to compare several (paired with the --model options by position, or one "
+                                "for all of them)")
+    else:
+        model.add_argument("--model", default="qualiclip", choices=_MODEL_NAMES, metavar="NAME",
+                           help=f"qualiclip (default: the official model), {', '.join(_MODEL_NAMES[1:])}; the "
+                                f"qualiclip+ and clipiqa+ models were fitted to human scores (see the README's Model "
+                                f"presets)")
+        model.add_argument("--weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
+                           help="CLIP weights (default: the model's published file from the Hugging Face Hub, "
+                                "QualiCLIP.pth for qualiclip)")
     model.add_argument("--revision", help="Hub branch, tag or commit of the weights")
+    model.add_argument("--prompt-weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
+                       help="learned-prompt file of a qualiclip+ or clipiqa+ model (default: its published file)"
+                            + ("; it applies to every --model" if several_weights else ""))
+    model.add_argument("--prompt-revision", metavar="REVISION", help="Hub branch, tag or commit of --prompt-weights")
     model.add_argument("--offline", action="store_true",
                        help="never use the network: the weights must be a local file or already cached")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -93,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--prompts", metavar="FILE",
                        help="custom prompt pairs, one 'positive | negative' per line ('#' starts a comment line)")
     model.add_argument("--logit-scale", type=_positive_float, metavar="X",
-                       help="scale of the cosine similarities (default: 100, the official model)")
+                       help="scale of the cosine similarities (default: the model's; 100 for qualiclip)")
     model.add_argument("--max-pixels", type=_positive_float, metavar="MPX",
                        help="refuse images over MPX megapixels (an error row) instead of risking running out of "
                             "memory; activations cost about 200 MiB per megapixel in fp32 (default: 48)")
@@ -102,7 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--threads", type=_positive_int, metavar="N",
                        help="torch CPU threads (default: torch's choice, one per core); lower it on a shared "
                             "machine, where threads waiting for each other at every layer slow everything down")
-    return parser
 
 
 def parse_shard(text: str) -> Tuple[int, int]:
@@ -312,6 +340,16 @@ def _output_format(args: argparse.Namespace) -> str:
     return fmt
 
 
+def scorer_options(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str]]]) -> dict:
+    """The :class:`QualityScorer` arguments the options of :func:`add_scoring_options` ask for (unset ones left out)."""
+    options = dict(weights=args.weights, revision=args.revision, device=args.device, precision=args.precision,
+                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale,
+                   max_image_pixels=None if args.max_pixels is None else round(args.max_pixels * 1e6),
+                   model=getattr(args, "model", None), prompt_weights=getattr(args, "prompt_weights", None),
+                   prompt_revision=getattr(args, "prompt_revision", None))
+    return {"local_files_only": args.offline, **{k: v for k, v in options.items() if v is not None}}
+
+
 def _load_scorer(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str]]]) -> QualityScorer:
     import warnings
 
@@ -325,11 +363,8 @@ def _load_scorer(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    options = dict(weights=args.weights, revision=args.revision, device=args.device, precision=args.precision,
-                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale,
-                   max_image_pixels=None if args.max_pixels is None else round(args.max_pixels * 1e6))
     try:
-        return QualityScorer(local_files_only=args.offline, **{k: v for k, v in options.items() if v is not None})
+        return QualityScorer(**scorer_options(args, prompts))
     except Exception as error:  # weights come from files and the network, which fail in many ways: one line each
         raise UsageError(f"cannot load the model: {first_line(error)}") from error
 
