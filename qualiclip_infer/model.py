@@ -231,13 +231,16 @@ class ModifiedResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``N x 3 x H x W`` CLIP-normalised images (H, W >= 32) to ``N x output_dim`` image features."""
+        return self.attnpool(self.trunk(x))
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem and the four stages: ``N x 3 x H x W`` images to the pool's ``N x C x h x w`` input (stride 32)."""
         x = x.to(self.conv1.weight.dtype)  # as open_clip does, so a half-precision copy accepts float images
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.act2(self.bn2(self.conv2(x)))
         x = self.act3(self.bn3(self.conv3(x)))
         x = self.avgpool(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.attnpool(x)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
 class PositionFreeAttentionPool(nn.Module):
@@ -322,8 +325,7 @@ class QualiCLIP(nn.Module):
 
     def trunk_features(self, normalized: torch.Tensor) -> torch.Tensor:
         """The ResNet trunk's ``N x C x h x w`` output (stride 32), the input of the attention pool."""
-        visual = self.visual
-        return visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(normalized)))))
+        return self.visual.trunk(normalized)
 
     def score_features(self, features: torch.Tensor) -> torch.Tensor:
         """Scores image features ``(..., D)``: mean over prompt pairs of the softmax probability of the positive
