@@ -8,7 +8,8 @@ from typing import Literal, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .model import MIN_IMAGE_SIDE, OFFICIAL_LOGIT_SCALE
+from .model import MIN_IMAGE_SIDE
+from .presets import DEFAULT_MODEL
 from .scorer import load_model
 from .weights import WeightsSpec
 
@@ -32,9 +33,12 @@ class QualiCLIPLoss(nn.Module):
         weights: ``None`` for the official ``QualiCLIP.pth`` (downloaded once from the Hugging Face Hub), a local
             checkpoint, or ``hf-hub:ORG/REPO/FILE[@REVISION]``; see :class:`~qualiclip_infer.QualityScorer`.
         reduction: ``mean`` (default) or ``sum`` over the batch, or ``none`` for one loss per image.
-        prompts: ``None`` for the official prompt pairs, or ``(positive, negative)`` strings.
-        logit_scale: Scale of the cosine similarities; 100 is the official model.
+        model: A preset (``qualiclip``, the official model, by default; see ``qualiclip_infer.presets.PRESETS``).
+        prompt_weights: Learned-prompt file of a ``qualiclip+*`` or ``clipiqa+`` model (default: its published one).
+        prompts: ``None`` for the model's prompt pairs, or ``(positive, negative)`` strings.
+        logit_scale: Scale of the cosine similarities; ``None`` for the model's own (100 for ``qualiclip``).
         revision: Hub branch, tag or commit to pin.
+        prompt_revision: The same for ``prompt_weights``.
         cache_dir: Hugging Face cache folder.
         local_files_only: Never touch the network.
 
@@ -49,9 +53,12 @@ class QualiCLIPLoss(nn.Module):
         weights: WeightsSpec = None,
         *,
         reduction: Reduction = "mean",
+        model: str = DEFAULT_MODEL,
+        prompt_weights: WeightsSpec = None,
         prompts: Optional[Sequence[Sequence[str]]] = None,
-        logit_scale: float = OFFICIAL_LOGIT_SCALE,
+        logit_scale: Optional[float] = None,
         revision: Optional[str] = None,
+        prompt_revision: Optional[str] = None,
         cache_dir: Union[str, os.PathLike, None] = None,
         local_files_only: bool = False,
     ):
@@ -61,7 +68,8 @@ class QualiCLIPLoss(nn.Module):
         self.reduction = reduction
         # BatchNorms are not folded into convolutions here, unlike in QualityScorer: the loss's network stays the
         # checkpoint's, so that double precision (gradcheck) and any device get exactly its math.
-        self.model = load_model(weights, prompts=prompts, logit_scale=logit_scale, revision=revision,
+        self.model = load_model(weights, model=model, prompt_weights=prompt_weights, prompts=prompts,
+                                logit_scale=logit_scale, revision=revision, prompt_revision=prompt_revision,
                                 cache_dir=cache_dir, local_files_only=local_files_only)
         self.train(False)
 

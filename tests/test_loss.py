@@ -15,7 +15,7 @@ from lively_checkpoint import write_lively_checkpoint
 from reference_qualiclip import score as reference_score
 
 import qualiclip_infer
-from qualiclip_infer import QualiCLIPLoss, QualityScorer
+from qualiclip_infer import QualiCLIPLoss, QualityScorer, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,6 +128,15 @@ def test_cuda_with_fp16_autocast(lively):
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
     assert loss.item() == pytest.approx(QualiCLIPLoss(lively)(images.detach().cpu()).item(), abs=0.02)
+
+
+def test_model_options_reach_the_network(lively):
+    images = pictures(2, 64, 64, noise=0.05)
+    for options in (dict(logit_scale=20.0), dict(model="clipiqa")):
+        network = load_model(lively, **options)
+        expected = 1 - network(network.normalize(images))
+        assert torch.allclose(QualiCLIPLoss(lively, reduction="none", **options)(images), expected, atol=1e-6)
+        assert not torch.allclose(QualiCLIPLoss(lively, reduction="none")(images), expected, atol=1e-3)
 
 
 def test_bad_inputs(lively):
