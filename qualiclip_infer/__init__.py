@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .images import ImageError
     from .model import QualiCLIP
     from .prompts import OFFICIAL_PROMPT_PAIRS
+    from .distributed import score_dataset
     from .scorer import QualityScorer, load_model
     from .weights import CheckpointError, WeightsNotFoundError, load_checkpoint, resolve_weights, save_checkpoint
 
@@ -32,6 +33,7 @@ _EXPORTS = {
     "load_checkpoint": "weights",
     "resolve_weights": "weights",
     "save_checkpoint": "weights",
+    "score_dataset": "distributed",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

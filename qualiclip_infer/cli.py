@@ -36,10 +36,10 @@ if TYPE_CHECKING:
 
 PROG = "qualiclip-score"
 COLUMNS = ("path", "score", "width", "height", "error")
-FORMATS = ("table", "csv", "jsonl", "json")
+FORMATS = ("table", "csv", "jsonl", "json", "parquet")
 RESUMABLE_FORMATS = ("csv", "jsonl")
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-_SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+_SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
 # Headers are read this many files at a time; equal sizes are batched within such a window, and rows wait at most
 # for the rest of their window to keep input order.
 _PROBE_WINDOW = 256
@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", metavar="FILE", help="write rows to FILE instead of standard output")
     out.add_argument("--format", choices=FORMATS,
-                     help="default: from the -o suffix (.csv, .jsonl, .json), else table on a terminal, else csv")
+                     help="default: from the -o suffix (.csv, .jsonl, .json, .parquet), else table on a terminal, "
+                          "else csv; parquet (needs the ray extra) writes a file, or part files into -o DIR/")
     out.add_argument("--resume", action="store_true",
                      help="with -o FILE (csv or jsonl): append, skipping images already in FILE")
     out.add_argument("--sort", choices=("score", "path"),
@@ -133,7 +134,44 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--threads", type=_positive_int, metavar="N",
                        help="torch CPU threads (default: torch's choice, one per core); lower it on a shared "
                             "machine, where threads waiting for each other at every layer slow everything down")
+
+    cluster = parser.add_argument_group("Ray cluster (needs: pip install \"qualiclip-infer[ray]\")")
+    cluster.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                         help="score on Ray: 'local' (default: a new cluster on this machine), 'auto' (the cluster "
+                              "this machine belongs to), ray://HOST:PORT or HOST:PORT; PATHs may also be s3://, "
+                              "gs://... URIs; --threads and --workers then apply per actor")
+    cluster.add_argument("--actors", type=parse_actors, metavar="N|MIN-MAX",
+                         help="with --ray: number of scoring actors, or an autoscaling range (default: 1 up to "
+                              "what the cluster's CPUs/GPUs allow)")
+    cluster.add_argument("--cpus-per-actor", type=_positive_float, metavar="X", help="with --ray: default 1")
+    cluster.add_argument("--gpus-per-actor", type=_positive_float, metavar="X",
+                         help="with --ray: GPUs per actor; 0.25 packs four actors onto each GPU (default: none)")
     return parser
+
+
+def parse_actors(text: str) -> Union[int, Tuple[int, int]]:
+    """Parses ``N`` or ``MIN-MAX`` for ``--actors``.
+
+    Raises:
+        argparse.ArgumentTypeError: Not a positive integer or a range ``1 <= MIN <= MAX``.
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
+    if not match or int(match[1]) < 1 or (match[2] is not None and int(match[2]) < int(match[1])):
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX with 1 <= MIN <= MAX, got {text!r}")
+    return int(match[1]) if match[2] is None else (int(match[1]), int(match[2]))
+
+
+def _ray_address_first(argv: Sequence[str]) -> List[str]:
+    """``--ray`` takes an optional ADDRESS; a bare ``--ray`` followed by a PATH must not swallow that PATH."""
+    argv = list(argv)
+    for index, arg in enumerate(argv[:-1]):
+        if arg == "--ray" and not argv[index + 1].startswith("-") and not _is_ray_address(argv[index + 1]):
+            argv[index] = "--ray=local"
+    return argv
+
+
+def _is_ray_address(text: str) -> bool:
+    return text in ("local", "auto") or text.startswith("ray://") or re.fullmatch(r"[\w.-]+:\d+", text) is not None
 
 
 def parse_shard(text: str) -> Tuple[int, int]:
@@ -471,10 +509,10 @@ def _blank(value: Optional[int]) -> str:
 class _Progress:
     """A tqdm bar on standard error when it is a terminal, and the per-file error messages."""
 
-    def __init__(self, total: int, quiet: bool):
+    def __init__(self, total: int, quiet: bool, bar: bool = True):
         self._quiet = quiet
         self._bar = None
-        if not quiet and sys.stderr.isatty():
+        if bar and not quiet and sys.stderr.isatty():
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
@@ -529,7 +567,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Returns:
         The exit status: 0 all images scored, 1 some failed, 2 usage error, 130 interrupted.
     """
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_ray_address_first(sys.argv[1:] if argv is None else argv))
     try:
         return _run(args)
     except UsageError as error:
@@ -551,8 +589,13 @@ def _run(args: argparse.Namespace) -> int:
         os.environ["HF_HUB_OFFLINE"] = "1"
     prompts = read_prompts(args.prompts) if args.prompts else None
     try:
-        paths = find_images(args.paths, recursive=args.recursive, hidden=args.hidden)
-    except InputNotFoundError as error:
+        if args.ray is not None:
+            from .distributed import find_inputs  # also lists s3://, gs://... URIs
+
+            paths = find_inputs(args.paths, recursive=args.recursive, hidden=args.hidden)
+        else:
+            paths = find_images(args.paths, recursive=args.recursive, hidden=args.hidden)
+    except (InputNotFoundError, ImportError) as error:
         raise UsageError(str(error)) from None
     if not paths:
         raise UsageError(f"no images found in {' '.join(args.paths)}")
@@ -564,13 +607,19 @@ def _run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{PROG}: resuming: {len(finished)} images already in {args.output}, {len(paths)} to score",
                   file=sys.stderr)
-    scorer = _load_scorer(args, prompts)
-    stream = _open_output(args.output, append=args.resume)
+    if args.ray is not None:
+        batches = _ray_batches(args, paths, prompts)
+    else:
+        batches = score_files(_load_scorer(args, prompts), paths, args.workers)
+    stream = None if fmt == "parquet" else _open_output(args.output, append=args.resume)
     try:
-        writer = RowWriter(stream, fmt, header=not has_content, path_width=max(map(len, paths), default=4))
-        scores, failures = _score_and_write(scorer, paths, args, writer)
+        if stream is None:
+            writer = _parquet_writer(args.output)
+        else:
+            writer = RowWriter(stream, fmt, header=not has_content, path_width=max(map(len, paths), default=4))
+        scores, failures = _score_and_write(batches, len(paths), args, writer)
     finally:
-        if stream is not sys.stdout:
+        if stream is not None and stream is not sys.stdout:
             stream.close()
     if args.summary:
         print(summary(scores, failures), file=sys.stderr)
@@ -583,12 +632,30 @@ def _output_format(args: argparse.Namespace) -> str:
         raise UsageError(f"--min-score {args.min_score} is above --max-score {args.max_score}")
     if args.reverse and not args.sort:
         raise UsageError("--reverse needs --sort")
+    if args.ray is None and (args.actors or args.cpus_per_actor or args.gpus_per_actor):
+        raise UsageError("--actors, --cpus-per-actor and --gpus-per-actor need --ray")
     if args.format:
         fmt = args.format
     elif args.output:
-        fmt = _SUFFIX_FORMATS.get(os.path.splitext(args.output)[1].lower(), "csv")
+        from .parquet_rows import is_folder_target  # a folder can only hold Parquet part files
+
+        fmt = "parquet" if is_folder_target(args.output) else _SUFFIX_FORMATS.get(
+            os.path.splitext(args.output)[1].lower(), "csv")
     else:
         fmt = "table" if sys.stdout.isatty() else "csv"
+    if fmt == "parquet" and not args.output:
+        raise UsageError("parquet output needs -o FILE.parquet or -o FOLDER/")
+    try:  # before any file is touched or the model loaded
+        if args.ray is not None:
+            from .distributed import require_ray
+
+            require_ray("--ray")
+        if fmt == "parquet":
+            from .parquet_rows import require_pyarrow
+
+            require_pyarrow()
+    except ImportError as error:
+        raise UsageError(str(error)) from error
     if args.resume:
         if not args.output:
             raise UsageError("--resume needs -o FILE")
@@ -615,6 +682,41 @@ def _load_scorer(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str
         raise UsageError(f"cannot load the model: {first_line(error)}") from error
 
 
+def _ray_batches(args: argparse.Namespace, paths: Sequence[str],
+                 prompts: Optional[List[Tuple[str, str]]]) -> Iterator[List[Row]]:
+    """Rows scored on a Ray cluster, a block at a time as the actors finish them (in no particular order)."""
+    if not paths:  # nothing left to score: no need to start a cluster
+        return
+    from .distributed import connect, ray_error_cause, score_dataset
+
+    try:
+        connect(None if args.ray == "local" else args.ray, quiet=args.quiet)
+        dataset = score_dataset(paths, weights=args.weights, revision=args.revision, device=args.device,
+                                precision=args.precision, prompts=prompts, batch_size=args.batch_size,
+                                logit_scale=args.logit_scale, local_files_only=args.offline, threads=args.threads,
+                                workers=args.workers, concurrency=args.actors, num_cpus=args.cpus_per_actor,
+                                num_gpus=args.gpus_per_actor or 0)
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            yield [Row(**row) for row in batch.to_pylist()]
+    except (ImportError, ValueError, ConnectionError) as error:
+        raise UsageError(first_line(error)) from error
+    except Exception as error:
+        if type(error).__module__.split(".")[0] != "ray":
+            raise
+        raise UsageError(f"the Ray job failed: {ray_error_cause(error)}") from error
+
+
+def _parquet_writer(path: str) -> RowWriter:
+    try:
+        from .parquet_rows import ParquetRowWriter
+
+        return ParquetRowWriter(path)
+    except ImportError as error:
+        raise UsageError(first_line(error)) from error
+    except OSError as error:
+        raise UsageError(f"-o {path}: {error.strerror or first_line(error)}") from error
+
+
 def _open_output(path: Optional[str], append: bool) -> TextIO:
     if path is None:
         return sys.stdout
@@ -624,15 +726,16 @@ def _open_output(path: Optional[str], append: bool) -> TextIO:
         raise UsageError(f"-o {path}: {error.strerror or first_line(error)}") from error
 
 
-def _score_and_write(scorer: QualityScorer, paths: Sequence[str], args: argparse.Namespace,
+def _score_and_write(batches: Iterable[List[Row]], total: int, args: argparse.Namespace,
                      writer: RowWriter) -> Tuple[List[float], int]:
-    """Scores, reports and writes every path; returns the scores and the number of failures."""
+    """Reports and writes the rows as they are scored; returns the scores and the number of failures."""
     scores: List[float] = []
     failures = 0
     held: List[Row] = []
-    progress = _Progress(len(paths), args.quiet)
+    # With --ray, Ray Data draws its own progress bars.
+    progress = _Progress(total, args.quiet, bar=args.ray is None)
     try:
-        for rows in score_files(scorer, paths, args.workers):
+        for rows in batches:
             progress.advance(rows)
             scores.extend(row.score for row in rows if row.score is not None)
             failures += sum(1 for row in rows if row.score is None)
