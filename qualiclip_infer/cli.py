@@ -1,8 +1,9 @@
 """``qualiclip-score``: scores image files, folders and glob patterns with QualiCLIP, one output row per image.
 
-Rows are written and flushed as batches finish, in input order, so an interrupted run keeps everything it scored and
-``--resume`` picks up where it stopped. Images are decoded by a pool of threads (Pillow and torch release the GIL)
-while the model runs; images of equal size share a batch.
+Scoring is the library's engine (``QualityScorer.iter_scores``): headers first, equal sizes batched, decoding in
+threads ahead of the model, every failure confined to its image. This module finds the images, parses options and
+writes rows, each flushed as it arrives in input order, so an interrupted run keeps everything it scored and
+``--resume`` picks up where it stopped.
 
 torch, open_clip and huggingface_hub are imported only after the arguments are parsed: ``--help`` and usage errors
 stay instant, and ``--offline`` can switch huggingface_hub off before it reads its settings.
@@ -20,18 +21,14 @@ import os
 import re
 import statistics
 import sys
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Set, TextIO, Tuple, Union
+from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequence, Set, TextIO, Tuple, Union
 
 from ._errors import first_line
 from ._version import __version__
 from .files import InputNotFoundError, find_images
 
 if TYPE_CHECKING:
-    import torch
-
+    from .engine import ScoreResult
     from .scorer import QualityScorer
 
 PROG = "qualiclip-score"
@@ -40,35 +37,11 @@ FORMATS = ("table", "csv", "jsonl", "json", "parquet")
 RESUMABLE_FORMATS = ("csv", "jsonl")
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
-# Headers are read this many files at a time; equal sizes are batched within such a window, and rows wait at most
-# for the rest of their window to keep input order.
-_PROBE_WINDOW = 256
-# Batches decoded ahead of the model: enough to keep it busy, few enough to bound memory.
-_PREFETCH_BATCHES = 2
 _SCORE_DECIMALS = 8  # float32 scores carry ~7 significant digits
 
 
 class UsageError(Exception):
     """A problem with the command line or its inputs; reported on one line, exit status 2."""
-
-
-@dataclass
-class Row:
-    """One output row.
-
-    Attributes:
-        path: The image file, as found.
-        score: Quality in [0, 1], ``None`` if the image could not be scored.
-        width: Upright width in pixels, ``None`` if the header could not be read.
-        height: Upright height in pixels, ``None`` if the header could not be read.
-        error: Why the image was not scored (one line); empty when scored.
-    """
-
-    path: str
-    score: Optional[float] = None
-    width: Optional[int] = None
-    height: Optional[int] = None
-    error: str = ""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -129,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="custom prompt pairs, one 'positive | negative' per line ('#' starts a comment line)")
     model.add_argument("--logit-scale", type=_positive_float, metavar="X",
                        help="scale of the cosine similarities (default: 100, the official model)")
+    model.add_argument("--max-pixels", type=_positive_float, metavar="MPX",
+                       help="refuse images over MPX megapixels (an error row) instead of risking running out of "
+                            "memory; activations cost about 200 MiB per megapixel in fp32 (default: 48)")
     model.add_argument("--workers", type=_positive_int, default=min(8, os.cpu_count() or 1), metavar="N",
                        help="image decoding threads (default: number of CPUs, at most 8)")
     model.add_argument("--threads", type=_positive_int, metavar="N",
@@ -311,132 +287,6 @@ def _jsonl_paths(path: str, lines: List[str]) -> Set[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Scoring
-
-
-def score_files(scorer: QualityScorer, paths: Sequence[str], workers: int) -> Iterator[List[Row]]:
-    """Scores image files, yielding rows in input order as soon as they (and all rows before them) are done.
-
-    Headers are read first, so images that cannot be scored are caught before decoding and images of equal size
-    are batched; each batch is then decoded by ``workers`` threads while the model scores the batch before it.
-    A file that cannot be read, decoded or scored gets a row with an ``error``; it never stops the run.
-
-    Args:
-        scorer: A :class:`~qualiclip_infer.QualityScorer`.
-        paths: Image files.
-        workers: Decoding threads.
-    """
-    order = _InputOrder()
-    in_flight: Deque[Tuple[List[Tuple[int, Row]], List[Future]]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qualiclip-decode") as pool:
-        for batch in _size_batches(scorer, paths, pool, order):
-            in_flight.append((batch, [pool.submit(_decode, row) for _, row in batch]))
-            if len(in_flight) > _PREFETCH_BATCHES:
-                yield _finish(scorer, *in_flight.popleft(), order)
-        while in_flight:
-            yield _finish(scorer, *in_flight.popleft(), order)
-    yield order.release()
-
-
-class _InputOrder:
-    """Holds finished rows until every row before them is finished."""
-
-    def __init__(self) -> None:
-        self._finished: Dict[int, Row] = {}
-        self._next = 0
-
-    def add(self, index: int, row: Row) -> None:
-        self._finished[index] = row
-
-    def release(self) -> List[Row]:
-        rows = []
-        while self._next in self._finished:
-            rows.append(self._finished.pop(self._next))
-            self._next += 1
-        return rows
-
-
-def _size_batches(scorer: QualityScorer, paths: Sequence[str], pool: ThreadPoolExecutor,
-                  order: _InputOrder) -> Iterator[List[Tuple[int, Row]]]:
-    """Reads headers a window at a time; rows that fail go straight to ``order``, the rest come in size batches."""
-    from .images import size_batches
-
-    for start in range(0, len(paths), _PROBE_WINDOW):
-        probed = list(enumerate(pool.map(_probe, paths[start:start + _PROBE_WINDOW]), start))
-        for index, row in probed:
-            if row.error:
-                order.add(index, row)
-        sized = [(index, row) for index, row in probed if not row.error]
-        for batch in size_batches([(row.width, row.height) for _, row in sized], scorer.batch_size,
-                                  scorer.max_batch_pixels):
-            yield [sized[position] for position in batch]
-
-
-def _probe(path: str) -> Row:
-    """A row with the image's upright size from its header, or with the error that rules it out."""
-    from .images import ImageError, check_size, image_size
-
-    try:
-        width, height = image_size(path)
-    except Exception as error:  # a broken file of any kind must not stop the run
-        return Row(path, error=_cause(error, path))
-    try:
-        check_size(width, height, path)
-    except ImageError as error:
-        return Row(path, width=width, height=height, error=_cause(error, path))
-    return Row(path, width=width, height=height)
-
-
-def _decode(row: Row) -> Union[torch.Tensor, str]:
-    """The image as a ``3 x H x W`` float tensor, or the one-line reason it cannot be decoded."""
-    from .images import to_tensor
-
-    try:
-        tensor = to_tensor(row.path, row.path)
-    except Exception as error:  # truncated, corrupt, or too large to hold: report it and go on
-        return _cause(error, row.path)
-    if (tensor.shape[2], tensor.shape[1]) != (row.width, row.height):
-        return f"decoded size {tensor.shape[2]}x{tensor.shape[1]} differs from the header's {row.width}x{row.height}"
-    return tensor
-
-
-def _finish(scorer: QualityScorer, batch: List[Tuple[int, Row]], futures: List[Future],
-            order: _InputOrder) -> List[Row]:
-    """Scores a decoded batch and returns the rows that are now ready in input order."""
-    import torch
-
-    decoded = []
-    for (_, row), future in zip(batch, futures):
-        result = future.result()
-        if isinstance(result, str):
-            row.error = result
-        else:
-            decoded.append((row, result))
-    if decoded:
-        try:
-            scores = scorer.score_tensor(torch.stack([tensor for _, tensor in decoded])).tolist()
-        except (RuntimeError, MemoryError) as error:  # e.g. out of memory on a huge photo
-            for row, _ in decoded:
-                row.error = f"scoring failed: {first_line(error)}"
-        else:
-            for (row, _), score in zip(decoded, scores):
-                row.score = score
-    for index, row in batch:
-        order.add(index, row)
-    return order.release()
-
-
-def _cause(error: BaseException, path: str) -> str:
-    """The one-line reason for a failure, without the path prefix of an ``ImageError``."""
-    from .images import ImageError, describe_error
-
-    if not isinstance(error, ImageError):
-        return describe_error(error)
-    message = first_line(error)
-    return message[len(path) + 2:] if message.startswith(f"{path}: ") else message
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Output
 
 
@@ -463,7 +313,7 @@ class RowWriter:
             stream.write(self._table_line(COLUMNS))
         stream.flush()
 
-    def write(self, rows: Iterable[Row]) -> None:
+    def write(self, rows: Iterable[ScoreResult]) -> None:
         """Writes and flushes rows."""
         for row in rows:
             self._stream.write(self._format(row))
@@ -476,13 +326,13 @@ class RowWriter:
             self._stream.write("\n]\n" if self._count else "]\n")
         self._stream.flush()
 
-    def _format(self, row: Row) -> str:
+    def _format(self, row: ScoreResult) -> str:
         if self._fmt == "jsonl":
             return json.dumps(_record(row), ensure_ascii=False) + "\n"
         if self._fmt == "json":
             return ("," if self._count else "") + "\n" + json.dumps(_record(row), ensure_ascii=False)
         score = "" if row.score is None else f"{row.score:.{_SCORE_DECIMALS if self._fmt == 'csv' else 4}f}"
-        cells = (row.path, score, _blank(row.width), _blank(row.height), row.error)
+        cells = (row.name, score, _blank(row.width), _blank(row.height), row.error)
         return _csv_line(cells) if self._fmt == "csv" else self._table_line(cells)
 
     def _table_line(self, cells: Sequence[str]) -> str:
@@ -490,9 +340,9 @@ class RowWriter:
         return f"{path:<{self._path_width}}  {score:>6}  {width:>5}  {height:>6}  {error}".rstrip() + "\n"
 
 
-def _record(row: Row) -> dict:
+def _record(row: ScoreResult) -> dict:
     """A json row: missing values are null."""
-    return {"path": row.path, "score": None if row.score is None else round(row.score, _SCORE_DECIMALS),
+    return {"path": row.name, "score": None if row.score is None else round(row.score, _SCORE_DECIMALS),
             "width": row.width, "height": row.height, "error": row.error or None}
 
 
@@ -513,16 +363,18 @@ class _Progress:
         self._quiet = quiet
         self._bar = None
         if bar and not quiet and sys.stderr.isatty():
-            from tqdm import tqdm
-
+            try:
+                from tqdm import tqdm  # installed with huggingface_hub, but not a promise of ours
+            except ImportError:
+                print(f"{PROG}: no progress bar: the 'tqdm' package is not installed", file=sys.stderr)
+                return
             self._bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
 
-    def advance(self, rows: Sequence[Row]) -> None:
-        for row in rows:
-            if row.error and not self._quiet:
-                self._message(f"{PROG}: {row.path}: {row.error}")
+    def advance(self, row: ScoreResult) -> None:
+        if row.error and not self._quiet:
+            self._message(f"{PROG}: {row.name}: {row.error}")
         if self._bar is not None:
-            self._bar.update(len(rows))
+            self._bar.update(1)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -545,11 +397,11 @@ def summary(scores: Sequence[float], failures: int) -> str:
     return "\n".join(lines)
 
 
-def _sorted_rows(rows: List[Row], key: str, reverse: bool) -> List[Row]:
+def _sorted_rows(rows: List[ScoreResult], key: str, reverse: bool) -> List[ScoreResult]:
     """Rows sorted by path, or by score with unscored rows last."""
     if key == "path":
-        return sorted(rows, key=lambda row: row.path, reverse=reverse)
-    scored = sorted((row for row in rows if row.score is not None), key=lambda row: (row.score, row.path),
+        return sorted(rows, key=lambda row: row.name, reverse=reverse)
+    scored = sorted((row for row in rows if row.score is not None), key=lambda row: (row.score, row.name),
                     reverse=reverse)
     return scored + [row for row in rows if row.score is None]
 
@@ -595,7 +447,7 @@ def _run(args: argparse.Namespace) -> int:
             paths = find_inputs(args.paths, recursive=args.recursive, hidden=args.hidden)
         else:
             paths = find_images(args.paths, recursive=args.recursive, hidden=args.hidden)
-    except (InputNotFoundError, ImportError) as error:
+    except InputNotFoundError as error:
         raise UsageError(str(error)) from None
     if not paths:
         raise UsageError(f"no images found in {' '.join(args.paths)}")
@@ -608,16 +460,16 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{PROG}: resuming: {len(finished)} images already in {args.output}, {len(paths)} to score",
                   file=sys.stderr)
     if args.ray is not None:
-        batches = _ray_batches(args, paths, prompts)
+        rows = _ray_rows(args, paths, prompts)
     else:
-        batches = score_files(_load_scorer(args, prompts), paths, args.workers)
+        rows = _load_scorer(args, prompts).iter_scores(paths, workers=args.workers)
     stream = None if fmt == "parquet" else _open_output(args.output, append=args.resume)
     try:
         if stream is None:
             writer = _parquet_writer(args.output)
         else:
             writer = RowWriter(stream, fmt, header=not has_content, path_width=max(map(len, paths), default=4))
-        scores, failures = _score_and_write(batches, len(paths), args, writer)
+        scores, failures = _score_and_write(rows, len(paths), args, writer)
     finally:
         if stream is not None and stream is not sys.stdout:
             stream.close()
@@ -667,37 +519,48 @@ def _output_format(args: argparse.Namespace) -> str:
 
 
 def _load_scorer(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str]]]) -> QualityScorer:
+    import warnings
+
     import torch
+    from PIL import Image
 
     from .scorer import QualityScorer
 
+    # Pillow warns about images over 89 Mpx; the scorer's own pixel limit decides what is scored, row by row.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     options = dict(weights=args.weights, revision=args.revision, device=args.device, precision=args.precision,
-                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale)
+                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale,
+                   max_image_pixels=None if args.max_pixels is None else round(args.max_pixels * 1e6))
     try:
         return QualityScorer(local_files_only=args.offline, **{k: v for k, v in options.items() if v is not None})
     except Exception as error:  # weights come from files and the network, which fail in many ways: one line each
         raise UsageError(f"cannot load the model: {first_line(error)}") from error
 
 
-def _ray_batches(args: argparse.Namespace, paths: Sequence[str],
-                 prompts: Optional[List[Tuple[str, str]]]) -> Iterator[List[Row]]:
-    """Rows scored on a Ray cluster, a block at a time as the actors finish them (in no particular order)."""
+def _ray_rows(args: argparse.Namespace, paths: Sequence[str],
+             prompts: Optional[List[Tuple[str, str]]]) -> Iterator[ScoreResult]:
+    """Rows scored on a Ray cluster, as the actors finish them (in no particular order)."""
     if not paths:  # nothing left to score: no need to start a cluster
         return
     from .distributed import connect, ray_error_cause, score_dataset
+    from .engine import ScoreResult
 
     try:
         connect(None if args.ray == "local" else args.ray, quiet=args.quiet)
         dataset = score_dataset(paths, weights=args.weights, revision=args.revision, device=args.device,
                                 precision=args.precision, prompts=prompts, batch_size=args.batch_size,
                                 logit_scale=args.logit_scale, local_files_only=args.offline, threads=args.threads,
+                                max_image_pixels=None if args.max_pixels is None else round(args.max_pixels * 1e6),
                                 workers=args.workers, concurrency=args.actors, num_cpus=args.cpus_per_actor,
                                 num_gpus=args.gpus_per_actor or 0)
+        index = 0
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            yield [Row(**row) for row in batch.to_pylist()]
+            for row in batch.to_pylist():
+                yield ScoreResult(index, row["path"], row["score"], row["width"], row["height"], row["error"])
+                index += 1
     except (ImportError, ValueError, ConnectionError) as error:
         raise UsageError(first_line(error)) from error
     except Exception as error:
@@ -726,24 +589,26 @@ def _open_output(path: Optional[str], append: bool) -> TextIO:
         raise UsageError(f"-o {path}: {error.strerror or first_line(error)}") from error
 
 
-def _score_and_write(batches: Iterable[List[Row]], total: int, args: argparse.Namespace,
+def _score_and_write(rows: Iterable[ScoreResult], total: int, args: argparse.Namespace,
                      writer: RowWriter) -> Tuple[List[float], int]:
     """Reports and writes the rows as they are scored; returns the scores and the number of failures."""
     scores: List[float] = []
     failures = 0
-    held: List[Row] = []
-    # With --ray, Ray Data draws its own progress bars.
-    progress = _Progress(total, args.quiet, bar=args.ray is None)
+    held: List[ScoreResult] = []
+    progress = _Progress(total, args.quiet, bar=args.ray is None)  # with --ray, Ray Data draws its own
     try:
-        for rows in batches:
-            progress.advance(rows)
-            scores.extend(row.score for row in rows if row.score is not None)
-            failures += sum(1 for row in rows if row.score is None)
-            listed = [row for row in rows if _in_range(row, args.min_score, args.max_score)]
-            if args.sort:
-                held.extend(listed)
+        for row in rows:
+            progress.advance(row)
+            if row.ok:
+                scores.append(row.score)
             else:
-                writer.write(listed)
+                failures += 1
+            if not _in_range(row, args.min_score, args.max_score):
+                continue
+            if args.sort:
+                held.append(row)
+            else:
+                writer.write([row])
         if args.sort:
             writer.write(_sorted_rows(held, args.sort, args.reverse))
     finally:
@@ -752,7 +617,7 @@ def _score_and_write(batches: Iterable[List[Row]], total: int, args: argparse.Na
     return scores, failures
 
 
-def _in_range(row: Row, low: Optional[float], high: Optional[float]) -> bool:
+def _in_range(row: ScoreResult, low: Optional[float], high: Optional[float]) -> bool:
     """Failed rows are always listed; scored rows when within ``[low, high]``."""
     if row.score is None:
         return True

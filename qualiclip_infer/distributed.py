@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ._errors import first_line
 from .files import InputNotFoundError, find_images, image_extensions
@@ -123,6 +123,7 @@ def score_dataset(
     workers: Optional[int] = None,
     prompts: Optional[Sequence[Sequence[str]]] = None,
     logit_scale: Optional[float] = None,
+    max_image_pixels: Optional[int] = None,
     revision: Optional[str] = None,
     local_files_only: bool = False,
     recursive: bool = True,
@@ -161,6 +162,7 @@ def score_dataset(
         workers: Image decoding threads per actor; default the engine's.
         prompts: Custom ``(positive, negative)`` prompt pairs.
         logit_scale: Scale of the cosine similarities; default 100, the official model.
+        max_image_pixels: Images with more pixels get an error row; default ``QualityScorer``'s.
         revision: Hub branch, tag or commit of the weights.
         local_files_only: Actors never touch the network: the weights must be a file or already in each node's
             cache.
@@ -208,7 +210,8 @@ def score_dataset(
     if weights is not None and os.path.exists(weights):
         weights = os.path.abspath(weights)  # actors may run in another working directory
     options = dict(weights=weights, device=device, precision=precision, prompts=prompts, batch_size=batch_size,
-                   logit_scale=logit_scale, revision=revision, local_files_only=local_files_only)
+                   logit_scale=logit_scale, max_image_pixels=max_image_pixels, revision=revision,
+                   local_files_only=local_files_only)
     return dataset.map_batches(
         BatchScorer,
         fn_constructor_kwargs=dict(
@@ -315,14 +318,9 @@ class BatchScorer:
         filesystem, _, prefix = self._filesystems[key]
         return filesystem.open_input_file(uri[len(prefix):] if uri.startswith(prefix) else _resolve_uri(uri)[1])
 
-    def _score(self, inputs: List[Any], names: List[str]) -> List[Dict[str, Any]]:
-        from .cli import score_files
-
-        by_path = {}
-        for rows in score_files(self.scorer, list(inputs), self.workers or 2):
-            for row in rows:
-                by_path[row.path] = dict(score=row.score, width=row.width, height=row.height, error=row.error)
-        return [by_path[path] for path in inputs]
+    def _score(self, inputs: List[Any], names: List[str]) -> Iterator[Dict[str, Any]]:
+        for result in self.scorer.iter_scores(inputs, names=names, workers=self.workers):
+            yield dict(score=result.score, width=result.width, height=result.height, error=result.error)
 
 
 def row_schema() -> "pyarrow.Schema":

@@ -30,7 +30,7 @@ def is_folder_target(path: str) -> bool:
 
 
 class ParquetRowWriter:
-    """Writes :class:`~qualiclip_infer.cli.Row` objects to ``path``: a ``.parquet`` file, or a folder.
+    """Writes :class:`~qualiclip_infer.engine.ScoreResult` rows to ``path``: a ``.parquet`` file, or a folder.
 
     A folder gets ``part-00000.parquet``, ``part-00001.parquet``... of at most a million rows each; earlier
     ``part-*.parquet`` files in it are removed first, as writing a file replaces it.
@@ -60,7 +60,7 @@ class ParquetRowWriter:
 
     def write(self, rows: Iterable[Any]) -> None:
         """Buffers rows, writing a row group each time enough have come."""
-        self._buffer.extend(dict(path=row.path, score=row.score, width=row.width, height=row.height,
+        self._buffer.extend(dict(path=row.name, score=row.score, width=row.width, height=row.height,
                                  error=row.error) for row in rows)
         while len(self._buffer) >= _ROWS_PER_GROUP:
             self._flush(_ROWS_PER_GROUP)

@@ -7,7 +7,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import List, Literal, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -15,8 +15,8 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .images import (ImageError, ImageInput, check_tensor, input_size, name_of, size_batches, to_tensor,
-                     unsupported_input)
+from .engine import ScoreResult, iter_scores
+from .images import EncodedImage, ImageError, ImageInput, check_size, check_tensor, unsupported_input
 from .model import OFFICIAL_LOGIT_SCALE, QualiCLIP
 from .prompts import OFFICIAL_PROMPT_PAIRS, PromptPair, as_prompt_pairs, prompt_features
 from .weights import WeightsSpec, load_checkpoint, resolve_weights
@@ -31,6 +31,10 @@ DEFAULT_MAX_BATCH_PIXELS = 16 * 2**20
 # 2 Xeon cores: 224x224 fastest in batches of 4-8, 512x384 and up no faster in pairs). 0.5 Mpx batches ten 224x224
 # images and gives photos of 0.5 Mpx and more a batch each, which also bounds memory.
 DEFAULT_MAX_BATCH_PIXELS_CPU = 2**19
+# Scoring one image costs about 200 MiB of activations per megapixel in fp32 (benchmarks/RESULTS.md, "Memory per
+# megapixel"), on top of ~1.1 GB for the process and model. 48 Mpx (a 8000x6000 photo) then peaks near 11 GB, so a CPU
+# run on a 16 GB machine survives the largest image it accepts; larger ones become error rows instead of an OOM kill.
+DEFAULT_MAX_IMAGE_PIXELS = 48_000_000
 
 
 def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
@@ -152,6 +156,8 @@ class QualityScorer:
             ``qualiclip`` (which divides by a temperature of 2).
         max_batch_pixels: Cap on pixels in one batch, so large photos are batched fewer at a time; default 0.5 Mpx
             on the CPU, 16 Mpx elsewhere.
+        max_image_pixels: Images with more pixels are refused (an error for that image) rather than risking the
+            process running out of memory; default 48 Mpx. ``None`` disables the limit.
 
     Raises:
         WeightsNotFoundError: The weights are not available (see the message for how to get them).
@@ -172,6 +178,7 @@ class QualityScorer:
         local_files_only: bool = False,
         logit_scale: float = OFFICIAL_LOGIT_SCALE,
         max_batch_pixels: Optional[int] = None,
+        max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -182,6 +189,9 @@ class QualityScorer:
         if max_batch_pixels is None:
             max_batch_pixels = DEFAULT_MAX_BATCH_PIXELS_CPU if self.device.type == "cpu" else DEFAULT_MAX_BATCH_PIXELS
         self.max_batch_pixels = int(max_batch_pixels)
+        if max_image_pixels is not None and max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be positive or None, got {max_image_pixels}")
+        self.max_image_pixels = None if max_image_pixels is None else int(max_image_pixels)
 
         self.model, self.prompts, self.weights_path = _load(weights, prompts, logit_scale, revision=revision,
                                                             cache_dir=cache_dir, local_files_only=local_files_only)
@@ -212,8 +222,9 @@ class QualityScorer:
         """Scores one image, a list of images, or a batch tensor.
 
         Args:
-            images: A path, PIL image, uint8 numpy array (``HxW``/``HxWx3``), float tensor ``3xHxW`` in [0, 1],
-                a list of any of those (sizes may differ), or a float tensor ``Nx3xHxW`` in [0, 1].
+            images: A path, encoded image bytes, PIL image, uint8 numpy array (``HxW``/``HxWx3``), float tensor
+                ``3xHxW`` in [0, 1], a list of any of those (sizes may differ), or a float tensor ``Nx3xHxW`` in
+                [0, 1].
             on_error: For a list, ``raise`` stops at the first input that cannot be scored; ``nan`` gives that
                 input a NaN score (with a warning naming it) and scores the rest.
 
@@ -226,45 +237,51 @@ class QualityScorer:
         """
         if isinstance(images, torch.Tensor) and images.ndim == 4:
             check_tensor(images, "batch")
+            check_size(images.shape[-1], images.shape[-2], "batch", self.max_image_pixels)
             chunks = [self.score_tensor(chunk) for chunk in images.split(self.batch_size)]
             return torch.cat(chunks) if chunks else torch.empty(0)
-        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
-            return float(self.score_tensor(to_tensor(images, name_of(images, 0))[None])[0])
+        if isinstance(images, (str, os.PathLike, *EncodedImage, Image.Image, np.ndarray, torch.Tensor)):
+            images, single = [images], True
+        else:
+            single = False
         if on_error not in ("raise", "nan"):
             raise ValueError(f"on_error must be 'raise' or 'nan', got {on_error!r}")
         try:
             items = list(images)
         except TypeError:
             raise unsupported_input(images, "input") from None
-        return self._score_list(items, on_error)
+        scores = []
+        for result in self.iter_scores(items):
+            if not result.ok:
+                error = ImageError(f"{result.name}: {result.error}")
+                if single or on_error == "raise":
+                    raise error
+                warnings.warn(f"not scored: {error}", stacklevel=2)
+            scores.append(math.nan if result.score is None else result.score)
+        return scores[0] if single else scores
 
-    def _score_list(self, images: List[ImageInput], on_error: str) -> List[float]:
-        scores = [math.nan] * len(images)
-        sizes: dict[int, Tuple[int, int]] = {}
-        for index, image in enumerate(images):
-            try:
-                sizes[index] = input_size(image, name_of(image, index))
-            except ImageError as error:
-                self._fail(error, on_error)
-        indices = list(sizes)
-        for batch in size_batches([sizes[i] for i in indices], self.batch_size, self.max_batch_pixels):
-            decoded = {}
-            for position in batch:
-                index = indices[position]
-                try:
-                    decoded[index] = to_tensor(images[index], name_of(images[index], index))
-                except ImageError as error:
-                    self._fail(error, on_error)
-            if decoded:
-                for index, value in zip(decoded, self.score_tensor(torch.stack(list(decoded.values())))):
-                    scores[index] = float(value)
-        return scores
+    def iter_scores(self, inputs: Iterable[ImageInput], *, names: Optional[Sequence[str]] = None,
+                    workers: Optional[int] = None) -> Iterator[ScoreResult]:
+        """Scores any number of inputs through the streaming engine, yielding one result per input in input order.
 
-    @staticmethod
-    def _fail(error: ImageError, on_error: str) -> None:
-        if on_error == "raise":
-            raise error
-        warnings.warn(f"not scored: {error}", stacklevel=3)
+        Headers are read first and images of equal size share batches; a pool of threads decodes the next batches
+        while the model runs. An input that cannot be scored (unreadable, corrupt, too small, over
+        ``max_image_pixels``, out of memory even on its own) gets a result with an ``error`` and the run goes on.
+
+        Example:
+            >>> for result in scorer.iter_scores(paths):
+            ...     print(result.name, result.score if result.ok else result.error)
+
+        Args:
+            inputs: Paths, encoded image bytes, PIL images, uint8 arrays or ``3xHxW`` float tensors, in any mix;
+                any iterable, consumed a window at a time.
+            names: How results name each input (default: the path, else ``input[<index>]``).
+            workers: Decoding threads (default: one per CPU, at most 8).
+
+        Yields:
+            :class:`ScoreResult` (index, name, score, width, height, error), in input order.
+        """
+        return iter_scores(self, inputs, names=names, workers=workers)
 
     def _autocast(self):
         if self.precision == "fp32":

@@ -149,9 +149,13 @@ class Checkpoint:
     _digest: dict = field(default_factory=dict, repr=False, compare=False)
 
     def image_tower_state(self) -> dict[str, torch.Tensor]:
-        """The image tower's tensors, keys relative to the tower, copied out of any memory-mapped file."""
+        """The image tower's tensors, keys relative to the tower, as fp32 copies out of any memory-mapped file.
+
+        Files saved in fp16/bf16 are widened here: the tower is built in fp32 and autocast chooses precisions.
+        """
         prefix = "visual."
-        return {k[len(prefix):]: v.clone() for k, v in self.clip_state.items() if k.startswith(prefix)}
+        return {k[len(prefix):]: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone()
+                for k, v in self.clip_state.items() if k.startswith(prefix)}
 
     def sha256(self) -> str:
         """SHA-256 of the file, computed once: it keys caches derived from these weights."""
