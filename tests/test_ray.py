@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import numpy as np
 import pytest
@@ -83,14 +83,18 @@ def cluster(tmp_path_factory):
         ray.shutdown()
 
 
-def check_rows(rows: List[dict], folder: Path, expected: Dict[str, float], *, prefix: str = "") -> None:
-    """One row per image found in ``folder``, none missing or twice; scores, sizes and errors as expected."""
+def check_rows(rows: List[dict], folder: Path, expected: Dict[str, float],
+               listed_as: Callable[[str], str] = lambda path: path) -> None:
+    """One row per image found in ``folder``, none missing or twice; scores, sizes and errors as expected.
+
+    ``listed_as`` maps a file's path to the path its row shows (a URI, or a copy's path).
+    """
     paths = [row["path"] for row in rows]
-    wanted = [prefix + path for path in find_images([os.fspath(folder)])]
-    assert sorted(paths) == sorted(wanted) and len(set(paths)) == len(paths)
-    assert len(wanted) == len(GOOD) + len(BROKEN)
+    found = {listed_as(path): path for path in find_images([os.fspath(folder)])}
+    assert sorted(paths) == sorted(found) and len(set(paths)) == len(paths)
+    assert len(found) == len(GOOD) + len(BROKEN)
     for row in rows:
-        name = os.path.relpath(row["path"][len(prefix):], folder)
+        name = os.path.relpath(found[row["path"]], folder)
         if name in BROKEN:
             assert row["score"] in (None, "") and BROKEN[name] in row["error"] and "\n" not in row["error"]
             continue
@@ -115,21 +119,25 @@ def test_score_dataset_of_a_folder_gives_the_scorers_rows(cluster, folder, tiny_
     check_rows(dataset.take_all(), folder, expected)
 
 
-def test_score_dataset_of_binary_files_and_of_uris(cluster, folder, tiny_checkpoint, expected):
+def test_score_dataset_of_binary_files_and_of_uris(cluster, folder, tiny_checkpoint, expected, tmp_path):
     """Bytes read by Ray, and file:// URIs read by the actors through pyarrow, score exactly like the paths."""
     import ray
 
     from qualiclip_infer.distributed import find_inputs, score_dataset
 
-    binary = ray.data.read_binary_files(find_images([os.fspath(folder)]), include_paths=True)
-    check_rows(score_dataset(binary, weights=tiny_checkpoint, concurrency=1).take_all(), folder, expected)
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    binary = ray.data.read_binary_files(find_images([os.fspath(copy)]), include_paths=True).materialize()
+    shutil.rmtree(copy)  # only the bytes are left: the actors must score those, not read the paths
+    rows = score_dataset(binary, weights=tiny_checkpoint, concurrency=1).take_all()
+    check_rows(rows, folder, expected, lambda path: path.replace(os.fspath(folder), os.fspath(copy), 1))
 
     uris = find_inputs([f"file://{folder}"])
     rows = score_dataset(ray.data.from_items([{"path": uri} for uri in [*uris, f"file://{folder}/gone.jpg"]]),
                          weights=tiny_checkpoint, concurrency=1).take_all()
     missing = [row for row in rows if row["path"].endswith("gone.jpg")]
     assert len(missing) == 1 and missing[0]["score"] is None and missing[0]["error"].startswith("cannot read:")
-    check_rows([row for row in rows if row not in missing], folder, expected, prefix="file://")
+    check_rows([row for row in rows if row not in missing], folder, expected, lambda path: f"file://{path}")
 
 
 def test_find_inputs_lists_uris_like_folders(folder, tmp_path):
