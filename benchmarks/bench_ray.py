@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_score import REPO, _busy_cpu_seconds, _checkpoint, _cpu_model, _photos  # noqa: E402
 
 SETS = {"224x224": (224, 224, 500), "1024x768": (1024, 768, 20)}
-RUNNERS = ("plain", "ray (new cluster)", "ray (running cluster)")
+RUNNERS = ("plain", "ray (new cluster)", "ray (running cluster)", "ray (running cluster, 1 actor x 2 CPUs)")
 OVERHEAD_TARGET = 0.25
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -65,15 +65,18 @@ def main() -> None:
             runs: Dict[str, List[dict]] = {runner: [] for runner in RUNNERS}
             for repeat in range(args.repeats):
                 for runner in RUNNERS:
-                    out = workdir / f"out-{runner.split()[-1].strip(')')}.csv"
+                    out = workdir / f"out-{RUNNERS.index(runner)}.csv"
                     ray_args = {"plain": [], "ray (new cluster)": ["--ray"],
-                                "ray (running cluster)": ["--ray", address.name]}[runner]
+                                "ray (running cluster)": ["--ray", address.name],
+                                "ray (running cluster, 1 actor x 2 CPUs)": ["--ray", address.name, "--actors", "1",
+                                                                            "--cpus-per-actor", "2"]}[runner]
                     run = measure([*ray_args, str(folder), "--weights", str(checkpoint), "-q", "-o", str(out)],
-                                  count, extra_tree=address.pid if runner == "ray (running cluster)" else None)
+                                  count, extra_tree=address.pid if "running" in runner else None)
                     run["scores"] = read_scores(out)
                     runs[runner].append(run)
                     print(f"{name} {runner} #{repeat + 1}: wall {run['wall_s']:.1f} s, {run['images_per_s']:.2f} "
-                          f"img/s, peak {run['peak_pss_mb']:.0f} MB, others {run['other_cores']:.2f} cores",
+                          f"img/s, CPU {run['cpu_s']:.1f} s, peak {run['peak_pss_mb']:.0f} MB, others "
+                          f"{run['other_cores']:.2f} cores",
                           file=sys.stderr)
             results[name] = runs
     print(report(results, args, started, load_before))
@@ -133,7 +136,7 @@ def measure(cli_args: Sequence[str], images: int, extra_tree: Optional[int] = No
         raise SystemExit(f"qualiclip-score {' '.join(cli_args)} failed ({child.returncode}):\n{stderr}")
     wall = exited - spawned
     return dict(wall_s=wall, images_per_s=images / wall, peak_pss_mb=sampler.peak_pss_kb / 1024,
-                other_cores=max(0.0, busy - sampler.cpu_s()) / wall)
+                cpu_s=sampler.cpu_s(), other_cores=max(0.0, busy - sampler.cpu_s()) / wall)
 
 
 class TreeSampler(threading.Thread):
@@ -144,7 +147,10 @@ class TreeSampler(threading.Thread):
         self.roots = roots
         self.peak_pss_kb = 0
         self._cpu_ticks: Dict[int, int] = {}
+        self._first_ticks: Dict[int, int] = {}  # CPU time already used by processes older than the run
         self._stop_event = threading.Event()
+        with open("/proc/uptime") as f:
+            self._start_ticks = int(float(f.read().split()[0]) * _CLOCK_TICKS) - _CLOCK_TICKS  # 1 s of slack
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -153,6 +159,8 @@ class TreeSampler(threading.Thread):
             for pid in pids:
                 ticks = _cpu_ticks(pid)
                 if ticks is not None:
+                    if pid not in self._cpu_ticks and pid != self.roots[0] and not self._started_since(pid):
+                        self._first_ticks[pid] = ticks
                     self._cpu_ticks[pid] = ticks
             self._stop_event.wait(0.2)
 
@@ -161,8 +169,19 @@ class TreeSampler(threading.Thread):
         self.join()
 
     def cpu_s(self) -> float:
-        """CPU seconds the sampled processes had used when last seen (a lower bound for processes that exited)."""
-        return sum(self._cpu_ticks.values()) / _CLOCK_TICKS
+        """CPU seconds the sampled processes used during the run, as last seen (a lower bound: a process that exits
+        loses up to one sampling interval). Processes older than the run (a running cluster's) count from the first
+        sample."""
+        return sum(ticks - self._first_ticks.get(pid, 0) for pid, ticks in self._cpu_ticks.items()) / _CLOCK_TICKS
+
+    def _started_since(self, pid: int) -> bool:
+        """Whether a process started after this sampler (else it belongs to the running cluster from before)."""
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        except (OSError, IndexError, ValueError):
+            return True
+        return start_ticks >= self._start_ticks
 
     def _tree(self) -> List[int]:
         children: Dict[int, List[int]] = {}
@@ -223,21 +242,24 @@ def report(results: Dict[str, Dict[str, List[dict]]], args: argparse.Namespace, 
              "per runner, runners alternating",
              "- Checkpoint: full-size RN50 with random weights (`tests/conftest.py` `RN50_CONFIG`); all options "
              "default (`--ray` actors: 1 CPU and 1 torch thread each, as many as the 2 CPUs allow)", "",
-             "| photos | runner | wall s | images/s | peak memory MB (PSS, all processes) | overhead vs plain "
-             "| each run: wall s (other processes' load, cores) |",
-             "|---|---|---:|---:|---:|---:|---|"]
+             "| photos | runner | wall s | images/s | overhead (wall) | CPU s, all processes | overhead (CPU) "
+             "| peak memory MB (PSS, all processes) | each run: wall s (other processes' load, cores) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     verdicts = []
     for name, runs in results.items():
         count = SETS[name][2]
         plain_wall = statistics.median(r["wall_s"] for r in runs["plain"])
+        plain_cpu = statistics.median(r["cpu_s"] for r in runs["plain"])
         for runner, runner_runs in runs.items():
             wall = statistics.median(r["wall_s"] for r in runner_runs)
+            cpu = statistics.median(r["cpu_s"] for r in runner_runs)
             overhead = wall / plain_wall - 1
             each = ", ".join(f"{r['wall_s']:.1f} ({r['other_cores']:.2f})" for r in runner_runs)
             lines.append(f"| {name} ×{count} | {runner} | {wall:.1f} | "
                          f"{statistics.median(r['images_per_s'] for r in runner_runs):.2f} | "
-                         f"{statistics.median(r['peak_pss_mb'] for r in runner_runs):.0f} | "
-                         f"{'—' if runner == 'plain' else f'{overhead:+.0%}'} | {each} |")
+                         f"{'—' if runner == 'plain' else f'{overhead:+.0%}'} | {cpu:.1f} | "
+                         f"{'—' if runner == 'plain' else f'{cpu / plain_cpu - 1:+.0%}'} | "
+                         f"{statistics.median(r['peak_pss_mb'] for r in runner_runs):.0f} | {each} |")
             if runner != "plain":
                 verdicts.append((f"{name}, {runner}: overhead ≤ {OVERHEAD_TARGET:.0%}", f"{overhead:+.0%}",
                                  overhead <= OVERHEAD_TARGET))

@@ -112,7 +112,7 @@ def _resolve_uri(uri: str) -> Tuple[Any, str, str]:
 def score_dataset(
     source: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], "ray.data.Dataset"],
     *,
-    weights: Optional[str] = None,
+    weights: Union[str, os.PathLike, None] = None,
     device: str = "auto",
     precision: str = "fp32",
     batch_size: Optional[int] = None,
@@ -178,7 +178,8 @@ def score_dataset(
 
     Raises:
         ImportError: Ray Data or pyarrow is not installed (the message names the extra).
-        InputNotFoundError: A path is neither a file, a folder, a glob pattern nor an existing URI.
+        InputNotFoundError: A path is neither a file, a folder, a glob pattern nor an existing URI, or no image
+            was found.
         ValueError: A Dataset without the named columns, or bad resource numbers.
     """
     ray = require_ray("score_dataset")
@@ -186,6 +187,7 @@ def score_dataset(
     cpus = 1.0 if num_cpus is None else float(num_cpus)
     if cpus < 0 or num_gpus < 0:
         raise ValueError(f"num_cpus and num_gpus must not be negative, got {num_cpus} and {num_gpus}")
+    pool = ray.data.ActorPoolStrategy(**_pool_size(concurrency))
     max_actors = _max_actors(ray, concurrency, cpus, num_gpus)
     if isinstance(source, ray.data.Dataset):
         dataset = source
@@ -200,6 +202,8 @@ def score_dataset(
     else:
         sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
         paths = find_inputs([os.fspath(path) for path in sources], recursive=recursive, hidden=hidden)
+        if not paths:
+            raise InputNotFoundError(f"no images found in {' '.join(map(os.fspath, sources))}")
         per_call = rows_per_call or max(1, min(_MAX_ROWS_PER_CALL, math.ceil(len(paths) / (_CALLS_PER_ACTOR
                                                                                          * max_actors))))
         # One block per call: each block goes to one actor, so the blocks spread the work.
@@ -221,7 +225,7 @@ def score_dataset(
         batch_size=per_call,
         batch_format="pyarrow",
         zero_copy_batch=True,
-        compute=ray.data.ActorPoolStrategy(**_pool_size(concurrency)),
+        compute=pool,
         num_cpus=cpus,
         num_gpus=num_gpus or None,
     )

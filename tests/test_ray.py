@@ -175,6 +175,9 @@ def test_score_dataset_errors(cluster, folder, tiny_checkpoint, tmp_path):
         score_dataset(ray.data.from_items([{"path": "x.jpg"}]), path_column="file")
     with pytest.raises(InputNotFoundError, match="no such file"):
         score_dataset(folder / "missing", weights=tiny_checkpoint)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputNotFoundError, match="no images found"):
+        score_dataset([tmp_path / "empty"], weights=tiny_checkpoint)
     with pytest.raises(ValueError, match="concurrency"):
         score_dataset(folder, weights=tiny_checkpoint, concurrency=(3, 2))
     # An actor that cannot load the model fails the job (every actor would), with the cause on one line.
@@ -200,22 +203,23 @@ def csv_rows(path: Path) -> List[dict]:
 
 
 def test_cli_on_ray_writes_the_rows_of_the_plain_cli(cluster, folder, tiny_checkpoint, expected, tmp_path):
-    """Connected by address, Parquet file; the same rows as the plain CLI's csv, and the same error messages."""
+    """Connected by address, csv; the same rows as the plain CLI's (here written as a Parquet file), and the same
+    error messages."""
     import pyarrow.parquet as pq
 
-    plain = cli(folder, "--weights", tiny_checkpoint, "-o", tmp_path / "plain.csv")
+    plain = cli(folder, "--weights", tiny_checkpoint, "-o", tmp_path / "plain.parquet")
     on_ray = cli("--ray", cluster, folder, "--weights", tiny_checkpoint, "--actors", "2", "--batch-size", "3",
-                 "-o", tmp_path / "ray.parquet")
+                 "-o", tmp_path / "ray.csv")
     assert (plain.returncode, on_ray.returncode) == (1, 1), on_ray.stderr  # 1: some images failed
-    rows = pq.read_table(tmp_path / "ray.parquet").to_pylist()
+    rows = csv_rows(tmp_path / "ray.csv")
     check_rows(rows, folder, expected)
-    by_path = {row["path"]: row for row in csv_rows(tmp_path / "plain.csv")}
+    reference = {row["path"]: row for row in pq.read_table(tmp_path / "plain.parquet").to_pylist()}
+    assert len(reference) == len(rows)
     for row in rows:
-        reference = by_path.pop(row["path"])
-        assert (str(row["width"] or ""), str(row["height"] or ""), row["error"]) == (
-            reference["width"], reference["height"], reference["error"])
-        assert row["score"] is None if not reference["score"] else abs(row["score"] - float(reference["score"])) < 1e-6
-    assert not by_path
+        same = reference.pop(row["path"])
+        assert (row["width"], row["height"], row["error"]) == (str(same["width"] or ""), str(same["height"] or ""),
+                                                                same["error"])
+        assert not row["score"] if same["score"] is None else abs(float(row["score"]) - same["score"]) < 1e-6
     for name in BROKEN:  # each failure reported once on standard error, as without --ray
         message = f"qualiclip-score: {folder / name}: "
         assert sum(line.startswith(message) for line in on_ray.stderr.splitlines()) == 1
