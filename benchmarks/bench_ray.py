@@ -1,13 +1,15 @@
 """Benchmark: ``qualiclip-score`` against ``qualiclip-score --ray`` on one machine (Ray's overhead).
 
 The same photos (500 of 224x224 and 20 of 1024x768, JPEG) and the same full-size random RN50 checkpoint (the test
-suite's ``RN50_CONFIG``, as in ``bench_score.py``) go through three runners, each a fresh process:
+suite's ``RN50_CONFIG``, as in ``bench_score.py``) go through four runners, each a fresh process:
 
 - ``plain``: ``qualiclip-score FOLDER --weights CKPT -q -o OUT.csv``
 - ``ray (new cluster)``: the same with ``--ray``: the command starts a local Ray cluster and stops it at the end,
   as a user without a cluster would run it;
 - ``ray (running cluster)``: ``--ray HOST:PORT`` of a local cluster started once beforehand (``ray start --head
-  --block``), as on a real cluster, where the cluster outlives the job.
+  --block``), as on a real cluster, where the cluster outlives the job;
+- ``ray (running cluster, 2 actors x 1 CPU)``: the same with ``--actors 2 --cpus-per-actor 1``, the layout Ray
+  would choose with one CPU per actor (the default before it became "the node's CPUs, at most 4").
 
 Per run: wall time (process start to exit), images/s over that time, and peak memory: the largest sum of PSS
 (proportional set size: shared pages split between the processes sharing them) over every process of the run,
@@ -42,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_score import REPO, _busy_cpu_seconds, _checkpoint, _cpu_model, _photos  # noqa: E402
 
 SETS = {"224x224": (224, 224, 500), "1024x768": (1024, 768, 20)}
-RUNNERS = ("plain", "ray (new cluster)", "ray (running cluster)", "ray (running cluster, 1 actor x 2 CPUs)")
+RUNNERS = ("plain", "ray (new cluster)", "ray (running cluster)", "ray (running cluster, 2 actors x 1 CPU)")
 OVERHEAD_TARGET = 0.25
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -68,8 +70,8 @@ def main() -> None:
                     out = workdir / f"out-{RUNNERS.index(runner)}.csv"
                     ray_args = {"plain": [], "ray (new cluster)": ["--ray"],
                                 "ray (running cluster)": ["--ray", address.name],
-                                "ray (running cluster, 1 actor x 2 CPUs)": ["--ray", address.name, "--actors", "1",
-                                                                            "--cpus-per-actor", "2"]}[runner]
+                                "ray (running cluster, 2 actors x 1 CPU)": ["--ray", address.name, "--actors", "2",
+                                                                            "--cpus-per-actor", "1"]}[runner]
                     run = measure([*ray_args, str(folder), "--weights", str(checkpoint), "-q", "-o", str(out)],
                                   count, extra_tree=address.pid if "running" in runner else None)
                     run["scores"] = read_scores(out)
@@ -241,7 +243,7 @@ def report(results: Dict[str, Dict[str, List[dict]]], args: argparse.Namespace, 
              f"- Command: `python benchmarks/bench_ray.py --repeats {args.repeats}`; medians of {args.repeats} runs "
              "per runner, runners alternating",
              "- Checkpoint: full-size RN50 with random weights (`tests/conftest.py` `RN50_CONFIG`); all options "
-             "default (`--ray` actors: 1 CPU and 1 torch thread each, as many as the 2 CPUs allow)", "",
+             "default (with `--ray` here: one actor of 2 CPUs and 2 torch threads), except the last runner's", "",
              "| photos | runner | wall s | images/s | overhead (wall) | CPU s, all processes | overhead (CPU) "
              "| peak memory MB (PSS, all processes) | each run: wall s (other processes' load, cores) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]

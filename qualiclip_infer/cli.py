@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--actors", type=parse_actors, metavar="N|MIN-MAX",
                          help="with --ray: number of scoring actors, or an autoscaling range (default: 1 up to "
                               "what the cluster's CPUs/GPUs allow)")
-    cluster.add_argument("--cpus-per-actor", type=_positive_float, metavar="X", help="with --ray: default 1")
+    cluster.add_argument("--cpus-per-actor", type=_positive_float, metavar="X",
+                         help="with --ray: CPUs (and torch threads) per actor (default: the smallest node's CPUs, at "
+                              "most 4; 1 with --gpus-per-actor)")
     cluster.add_argument("--gpus-per-actor", type=_positive_float, metavar="X",
                          help="with --ray: GPUs per actor; 0.25 packs four actors onto each GPU (default: none)")
     return parser

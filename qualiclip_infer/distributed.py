@@ -29,6 +29,10 @@ RAY_EXTRA_HINT = 'pip install "qualiclip-infer[ray]"'
 # stream out while the run goes on), many enough that each call amortises Ray's per-task cost (milliseconds).
 _MAX_ROWS_PER_CALL = 256
 _CALLS_PER_ACTOR = 4
+# RN50 on the CPU costs less CPU time per image with two torch threads than with one (0.063 against 0.084 CPU-seconds
+# per 224x224 image on 2 EPYC cores: benchmarks/RESULTS.md), and every actor holds its own model copy (about 1 GB),
+# so CPU actors get several CPUs each by default. More than 4 threads per actor were not measured.
+MAX_DEFAULT_CPUS_PER_ACTOR = 4
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -157,7 +161,9 @@ def score_dataset(
         concurrency: Actors: a fixed number, or ``(min, max)`` for an autoscaling pool; default Ray's (one up to
             what the cluster's resources allow).
         num_gpus: GPUs per actor; a fraction packs several actors onto one GPU (``0.25``: four).
-        num_cpus: CPUs reserved per actor; default 1.
+        num_cpus: CPUs reserved per actor (and torch threads, unless ``threads`` is given). Default for CPU
+            actors: the CPUs of the smallest node, at most :data:`MAX_DEFAULT_CPUS_PER_ACTOR` (fewer actors with more
+            threads each: see the README's "Scoring at scale"); for GPU actors: 1.
         threads: torch CPU threads per actor; default ``num_cpus`` rounded up.
         workers: Image decoding threads per actor; default the engine's.
         prompts: Custom ``(positive, negative)`` prompt pairs.
@@ -184,7 +190,7 @@ def score_dataset(
     """
     ray = require_ray("score_dataset")
 
-    cpus = 1.0 if num_cpus is None else float(num_cpus)
+    cpus = _default_cpus(ray, num_gpus) if num_cpus is None else float(num_cpus)
     if cpus < 0 or num_gpus < 0:
         raise ValueError(f"num_cpus and num_gpus must not be negative, got {num_cpus} and {num_gpus}")
     pool = ray.data.ActorPoolStrategy(**_pool_size(concurrency))
@@ -229,6 +235,17 @@ def score_dataset(
         num_cpus=cpus,
         num_gpus=num_gpus or None,
     )
+
+
+def _default_cpus(ray: Any, gpus: float) -> float:
+    if gpus:
+        return 1.0
+    if ray.is_initialized():
+        node_cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
+        smallest = min((cpus for cpus in node_cpus if cpus > 0), default=1)
+    else:  # Ray Data will start a local cluster with this machine's CPUs
+        smallest = os.cpu_count() or 1
+    return float(max(1, min(MAX_DEFAULT_CPUS_PER_ACTOR, int(smallest))))
 
 
 def _pool_size(concurrency: Union[int, Tuple[int, int], None]) -> Dict[str, Optional[int]]:
