@@ -15,10 +15,12 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .images import ImageError
     from .model import QualiCLIP
-    from .prompts import OFFICIAL_PROMPT_PAIRS
+    from .presets import PRESETS
     from .distributed import score_dataset
+    from .prompts import OFFICIAL_PROMPT_PAIRS
     from .scorer import QualityScorer, load_model
     from .weights import CheckpointError, WeightsNotFoundError, load_checkpoint, resolve_weights, save_checkpoint
+    from .eval import evaluate, read_mos
 
 # Public names and their submodules. They are imported on first use (PEP 562) so that importing the package,
 # e.g. for `qualiclip-score --help`, does not pay for torch and open_clip (several seconds).
@@ -27,6 +29,7 @@ _EXPORTS = {
     "QualiCLIP": "model",
     "load_model": "scorer",
     "OFFICIAL_PROMPT_PAIRS": "prompts",
+    "PRESETS": "presets",
     "ImageError": "images",
     "CheckpointError": "weights",
     "WeightsNotFoundError": "weights",
@@ -34,6 +37,8 @@ _EXPORTS = {
     "resolve_weights": "weights",
     "save_checkpoint": "weights",
     "score_dataset": "distributed",
+    "evaluate": "eval",
+    "read_mos": "eval",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -12,32 +12,28 @@ stay instant, and ``--offline`` can switch huggingface_hub off before it reads i
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import io
-import json
 import math
 import os
 import re
 import statistics
 import sys
-from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequence, Set, TextIO, Tuple, Union
+from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ._errors import first_line
 from ._version import __version__
 from .files import InputNotFoundError, find_images
+from .output import FORMATS, RESUMABLE_FORMATS, OutputFileError, RowWriter, choose_format, open_output, prepare_resume
 
 if TYPE_CHECKING:
     from .engine import ScoreResult
     from .scorer import QualityScorer
 
 PROG = "qualiclip-score"
-COLUMNS = ("path", "score", "width", "height", "error")
-FORMATS = ("table", "csv", "jsonl", "json", "parquet")
-RESUMABLE_FORMATS = ("csv", "jsonl")
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-_SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
-_SCORE_DECIMALS = 8  # float32 scores carry ~7 significant digits
+# The names of qualiclip_infer.presets.PRESETS, listed here so that --help needs no torch (a test keeps them equal).
+_MODEL_NAMES = ("qualiclip", "qualiclip+koniq", "qualiclip+clive", "qualiclip+flive", "qualiclip+spaq", "clipiqa",
+                "clipiqa+")
 
 
 class UsageError(Exception):
@@ -86,30 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print count, mean, median, min, max and failures to standard error")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-file error messages")
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
-                       help="checkpoint (default: the official QualiCLIP.pth from the Hugging Face Hub)")
-    model.add_argument("--revision", help="Hub branch, tag or commit of the weights")
-    model.add_argument("--offline", action="store_true",
-                       help="never use the network: the weights must be a local file or already cached")
-    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    model.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                       help="fp32 (exact, default) or fp16/bf16 autocast")
-    model.add_argument("--batch-size", type=_positive_int, metavar="N",
-                       help="most images per batch; only equal sizes share one, and on the CPU at most 0.5 Mpx "
-                            "(default: 16)")
-    model.add_argument("--prompts", metavar="FILE",
-                       help="custom prompt pairs, one 'positive | negative' per line ('#' starts a comment line)")
-    model.add_argument("--logit-scale", type=_positive_float, metavar="X",
-                       help="scale of the cosine similarities (default: 100, the official model)")
-    model.add_argument("--max-pixels", type=_positive_float, metavar="MPX",
-                       help="refuse images over MPX megapixels (an error row) instead of risking running out of "
-                            "memory; activations cost about 200 MiB per megapixel in fp32 (default: 48)")
-    model.add_argument("--workers", type=_positive_int, default=min(8, os.cpu_count() or 1), metavar="N",
-                       help="image decoding threads (default: number of CPUs, at most 8)")
-    model.add_argument("--threads", type=_positive_int, metavar="N",
-                       help="torch CPU threads (default: torch's choice, one per core); lower it on a shared "
-                            "machine, where threads waiting for each other at every layer slow everything down")
+    add_scoring_options(parser)
 
     cluster = parser.add_argument_group("Ray cluster (needs: pip install \"qualiclip-infer[ray]\")")
     cluster.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
@@ -150,6 +123,54 @@ def _ray_address_first(argv: Sequence[str]) -> List[str]:
 
 def _is_ray_address(text: str) -> bool:
     return text in ("local", "auto") or text.startswith("ray://") or re.fullmatch(r"[\w.-]+:\d+", text) is not None
+
+
+def add_scoring_options(parser: argparse.ArgumentParser, *, several_weights: bool = False) -> None:
+    """Adds the options that choose and run the model, shared by ``qualiclip-score`` and ``qualiclip-eval``.
+
+    Args:
+        parser: The parser to extend.
+        several_weights: ``--weights`` may be repeated (a list), for commands that compare models.
+    """
+    model = parser.add_argument_group("model")
+    if several_weights:
+        model.add_argument("--weights", metavar="PATH|hf-hub:ORG/REPO/FILE", action="append",
+                           help="checkpoint (default: the official QualiCLIP.pth from the Hugging Face Hub); "
+                                "repeat to compare several (paired with the --model options by position, or one "
+                                "for all of them)")
+    else:
+        model.add_argument("--model", default="qualiclip", choices=_MODEL_NAMES, metavar="NAME",
+                           help=f"qualiclip (default: the official model), {', '.join(_MODEL_NAMES[1:])}; the "
+                                f"qualiclip+ and clipiqa+ models were fitted to human scores (see the README's Model "
+                                f"presets)")
+        model.add_argument("--weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
+                           help="CLIP weights (default: the model's published file from the Hugging Face Hub, "
+                                "QualiCLIP.pth for qualiclip)")
+    model.add_argument("--revision", help="Hub branch, tag or commit of the weights")
+    model.add_argument("--prompt-weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
+                       help="learned-prompt file of a qualiclip+ or clipiqa+ model (default: its published file)"
+                            + ("; it applies to every --model" if several_weights else ""))
+    model.add_argument("--prompt-revision", metavar="REVISION", help="Hub branch, tag or commit of --prompt-weights")
+    model.add_argument("--offline", action="store_true",
+                       help="never use the network: the weights must be a local file or already cached")
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    model.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                       help="fp32 (exact, default) or fp16/bf16 autocast")
+    model.add_argument("--batch-size", type=_positive_int, metavar="N",
+                       help="most images per batch; only equal sizes share one, and on the CPU at most 0.5 Mpx "
+                            "(default: 16)")
+    model.add_argument("--prompts", metavar="FILE",
+                       help="custom prompt pairs, one 'positive | negative' per line ('#' starts a comment line)")
+    model.add_argument("--logit-scale", type=_positive_float, metavar="X",
+                       help="scale of the cosine similarities (default: the model's; 100 for qualiclip)")
+    model.add_argument("--max-pixels", type=_positive_float, metavar="MPX",
+                       help="refuse images over MPX megapixels (an error row) instead of risking running out of "
+                            "memory; activations cost about 200 MiB per megapixel in fp32 (default: 48)")
+    model.add_argument("--workers", type=_positive_int, default=min(8, os.cpu_count() or 1), metavar="N",
+                       help="image decoding threads (default: number of CPUs, at most 8)")
+    model.add_argument("--threads", type=_positive_int, metavar="N",
+                       help="torch CPU threads (default: torch's choice, one per core); lower it on a shared "
+                            "machine, where threads waiting for each other at every layer slow everything down")
 
 
 def parse_shard(text: str) -> Tuple[int, int]:
@@ -222,140 +243,7 @@ def in_shard(path: str, shard: int, shards: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Resuming
-
-
-def read_finished(path: str, fmt: str) -> Tuple[Set[str], bool]:
-    """Paths already listed in an output file of an earlier run, for ``--resume``.
-
-    A last line without its newline (the run was killed while writing it) is cut off the file, so that path is
-    scored again.
-
-    Args:
-        path: The ``-o`` file; it need not exist.
-        fmt: ``csv`` or ``jsonl``.
-
-    Returns:
-        The listed paths, and whether the file already has its content (so no csv header is needed).
-
-    Raises:
-        UsageError: The file cannot be read, or is not a ``qualiclip-score`` output in that format.
-    """
-    try:
-        _drop_partial_line(path)
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            lines = f.read().splitlines(keepends=True)
-    except FileNotFoundError:
-        return set(), False
-    except OSError as error:
-        raise UsageError(f"--resume {path}: {error.strerror or first_line(error)}") from error
-    if not lines:
-        return set(), False
-    return (_csv_paths(path, lines) if fmt == "csv" else _jsonl_paths(path, lines)), True
-
-
-def _drop_partial_line(path: str) -> None:
-    """Cuts a file after its last newline, reading backwards from the end."""
-    with open(path, "rb+") as f:
-        end = position = f.seek(0, os.SEEK_END)
-        while position > 0:
-            start = max(0, position - (1 << 16))
-            f.seek(start)
-            cut = f.read(position - start).rfind(b"\n")
-            if cut >= 0:
-                if start + cut + 1 < end:
-                    f.truncate(start + cut + 1)
-                return
-            position = start
-        f.truncate(0)
-
-
-def _csv_paths(path: str, lines: List[str]) -> Set[str]:
-    rows = csv.reader(lines)
-    header = next(rows)
-    if tuple(header) != COLUMNS:
-        raise UsageError(f"--resume {path}: not a {PROG} csv file (header {','.join(header)!r})")
-    return {row[0] for row in rows if row}
-
-
-def _jsonl_paths(path: str, lines: List[str]) -> Set[str]:
-    paths = set()
-    for number, line in enumerate(lines, 1):
-        try:
-            paths.add(json.loads(line)["path"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise UsageError(f"--resume {path}:{number}: not a {PROG} jsonl row") from error
-    return paths
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Output
-
-
-class RowWriter:
-    """Writes rows in one format, flushing after each call so that an interrupted run keeps every row written.
-
-    Args:
-        stream: Text stream to write to.
-        fmt: One of :data:`FORMATS`.
-        header: Write the csv/table header (not when appending to an earlier run's file).
-        path_width: Width of the table's path column.
-    """
-
-    def __init__(self, stream: TextIO, fmt: str, *, header: bool = True, path_width: int = 40):
-        self._stream = stream
-        self._fmt = fmt
-        self._path_width = path_width
-        self._count = 0
-        if fmt == "json":
-            stream.write("[")
-        elif header and fmt == "csv":
-            stream.write(_csv_line(COLUMNS))
-        elif header and fmt == "table":
-            stream.write(self._table_line(COLUMNS))
-        stream.flush()
-
-    def write(self, rows: Iterable[ScoreResult]) -> None:
-        """Writes and flushes rows."""
-        for row in rows:
-            self._stream.write(self._format(row))
-            self._count += 1
-        self._stream.flush()
-
-    def close(self) -> None:
-        """Ends the output (closes the json array) and flushes; the stream stays open."""
-        if self._fmt == "json":
-            self._stream.write("\n]\n" if self._count else "]\n")
-        self._stream.flush()
-
-    def _format(self, row: ScoreResult) -> str:
-        if self._fmt == "jsonl":
-            return json.dumps(_record(row), ensure_ascii=False) + "\n"
-        if self._fmt == "json":
-            return ("," if self._count else "") + "\n" + json.dumps(_record(row), ensure_ascii=False)
-        score = "" if row.score is None else f"{row.score:.{_SCORE_DECIMALS if self._fmt == 'csv' else 4}f}"
-        cells = (row.name, score, _blank(row.width), _blank(row.height), row.error)
-        return _csv_line(cells) if self._fmt == "csv" else self._table_line(cells)
-
-    def _table_line(self, cells: Sequence[str]) -> str:
-        path, score, width, height, error = cells
-        return f"{path:<{self._path_width}}  {score:>6}  {width:>5}  {height:>6}  {error}".rstrip() + "\n"
-
-
-def _record(row: ScoreResult) -> dict:
-    """A json row: missing values are null."""
-    return {"path": row.name, "score": None if row.score is None else round(row.score, _SCORE_DECIMALS),
-            "width": row.width, "height": row.height, "error": row.error or None}
-
-
-def _csv_line(cells: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(cells)
-    return buffer.getvalue()
-
-
-def _blank(value: Optional[int]) -> str:
-    return "" if value is None else str(value)
 
 
 class _Progress:
@@ -455,7 +343,10 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"no images found in {' '.join(args.paths)}")
     if args.shard:
         paths = [path for path in paths if in_shard(path, *args.shard)]
-    finished, has_content = read_finished(args.output, fmt) if args.resume else (set(), False)
+    try:
+        finished, has_content = prepare_resume(args.output, fmt) if args.resume else (set(), False)
+    except OutputFileError as error:
+        raise UsageError(str(error)) from None
     if finished:
         paths = [path for path in paths if path not in finished]
         if not args.quiet:
@@ -465,7 +356,10 @@ def _run(args: argparse.Namespace) -> int:
         rows = _ray_rows(args, paths, prompts)
     else:
         rows = _load_scorer(args, prompts).iter_scores(paths, workers=args.workers)
-    stream = None if fmt == "parquet" else _open_output(args.output, append=args.resume)
+    try:
+        stream = None if fmt == "parquet" else open_output(args.output, append=args.resume)
+    except OutputFileError as error:
+        raise UsageError(str(error)) from None
     try:
         if stream is None:
             writer = _parquet_writer(args.output)
@@ -488,15 +382,7 @@ def _output_format(args: argparse.Namespace) -> str:
         raise UsageError("--reverse needs --sort")
     if args.ray is None and (args.actors or args.cpus_per_actor or args.gpus_per_actor):
         raise UsageError("--actors, --cpus-per-actor and --gpus-per-actor need --ray")
-    if args.format:
-        fmt = args.format
-    elif args.output:
-        from .parquet_rows import is_folder_target  # a folder can only hold Parquet part files
-
-        fmt = "parquet" if is_folder_target(args.output) else _SUFFIX_FORMATS.get(
-            os.path.splitext(args.output)[1].lower(), "csv")
-    else:
-        fmt = "table" if sys.stdout.isatty() else "csv"
+    fmt = choose_format(args.format, args.output, sys.stdout.isatty())
     if fmt == "parquet" and not args.output:
         raise UsageError("parquet output needs -o FILE.parquet or -o FOLDER/")
     try:  # before any file is touched or the model loaded
@@ -520,6 +406,16 @@ def _output_format(args: argparse.Namespace) -> str:
     return fmt
 
 
+def scorer_options(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str]]]) -> dict:
+    """The :class:`QualityScorer` arguments the options of :func:`add_scoring_options` ask for (unset ones left out)."""
+    options = dict(weights=args.weights, revision=args.revision, device=args.device, precision=args.precision,
+                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale,
+                   max_image_pixels=None if args.max_pixels is None else round(args.max_pixels * 1e6),
+                   model=getattr(args, "model", None), prompt_weights=getattr(args, "prompt_weights", None),
+                   prompt_revision=getattr(args, "prompt_revision", None))
+    return {"local_files_only": args.offline, **{k: v for k, v in options.items() if v is not None}}
+
+
 def _load_scorer(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str]]]) -> QualityScorer:
     import warnings
 
@@ -533,11 +429,8 @@ def _load_scorer(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    options = dict(weights=args.weights, revision=args.revision, device=args.device, precision=args.precision,
-                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale,
-                   max_image_pixels=None if args.max_pixels is None else round(args.max_pixels * 1e6))
     try:
-        return QualityScorer(local_files_only=args.offline, **{k: v for k, v in options.items() if v is not None})
+        return QualityScorer(**scorer_options(args, prompts))
     except Exception as error:  # weights come from files and the network, which fail in many ways: one line each
         raise UsageError(f"cannot load the model: {first_line(error)}") from error
 
@@ -552,12 +445,9 @@ def _ray_rows(args: argparse.Namespace, paths: Sequence[str],
 
     try:
         connect(None if args.ray == "local" else args.ray, quiet=args.quiet)
-        dataset = score_dataset(paths, weights=args.weights, revision=args.revision, device=args.device,
-                                precision=args.precision, prompts=prompts, batch_size=args.batch_size,
-                                logit_scale=args.logit_scale, local_files_only=args.offline, threads=args.threads,
-                                max_image_pixels=None if args.max_pixels is None else round(args.max_pixels * 1e6),
-                                workers=args.workers, concurrency=args.actors, num_cpus=args.cpus_per_actor,
-                                num_gpus=args.gpus_per_actor or 0)
+        dataset = score_dataset(paths, threads=args.threads, workers=args.workers, concurrency=args.actors,
+                                num_cpus=args.cpus_per_actor, num_gpus=args.gpus_per_actor or 0,
+                                **scorer_options(args, prompts))
         index = 0
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():
@@ -576,17 +466,6 @@ def _parquet_writer(path: str) -> RowWriter:
         from .parquet_rows import ParquetRowWriter
 
         return ParquetRowWriter(path)
-    except ImportError as error:
-        raise UsageError(first_line(error)) from error
-    except OSError as error:
-        raise UsageError(f"-o {path}: {error.strerror or first_line(error)}") from error
-
-
-def _open_output(path: Optional[str], append: bool) -> TextIO:
-    if path is None:
-        return sys.stdout
-    try:
-        return open(path, "a" if append else "w", encoding="utf-8", errors="surrogateescape", newline="")
     except OSError as error:
         raise UsageError(f"-o {path}: {error.strerror or first_line(error)}") from error
 

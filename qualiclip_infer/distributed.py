@@ -125,16 +125,12 @@ def score_dataset(
     num_cpus: Optional[float] = None,
     threads: Optional[int] = None,
     workers: Optional[int] = None,
-    prompts: Optional[Sequence[Sequence[str]]] = None,
-    logit_scale: Optional[float] = None,
-    max_image_pixels: Optional[int] = None,
-    revision: Optional[str] = None,
-    local_files_only: bool = False,
     recursive: bool = True,
     hidden: bool = False,
     path_column: str = "path",
     bytes_column: Optional[str] = None,
     rows_per_call: Optional[int] = None,
+    **scorer_options: Any,
 ) -> "ray.data.Dataset":
     """Scores images on a Ray cluster; returns a (lazy) Dataset with one row per input.
 
@@ -153,8 +149,8 @@ def score_dataset(
             a ``path_column`` of paths/URIs, or of names when it also has a ``bytes_column`` of encoded image files
             (as ``ray.data.read_binary_files(..., include_paths=True)`` gives: columns ``path`` and ``bytes``).
             Local paths are read by the actors, so on a cluster they must be on a filesystem every node mounts.
-        weights: Checkpoint path (readable by every node), ``hf-hub:ORG/REPO/FILE``, or ``None`` for the official
-            weights.
+        weights: Checkpoint path (readable by every node), ``hf-hub:ORG/REPO/FILE``, or ``None`` for the model's
+            published weights.
         device: Each actor's device: ``auto`` picks the GPU Ray assigned it (``num_gpus > 0``), else the CPU.
         precision: ``fp32``, ``fp16`` or ``bf16``.
         batch_size: Most images per forward pass (equal sizes only); default ``QualityScorer``'s.
@@ -166,18 +162,16 @@ def score_dataset(
             threads each: see the README's "Scoring at scale"); for GPU actors: 1.
         threads: torch CPU threads per actor; default ``num_cpus`` rounded up.
         workers: Image decoding threads per actor; default the engine's.
-        prompts: Custom ``(positive, negative)`` prompt pairs.
-        logit_scale: Scale of the cosine similarities; default 100, the official model.
-        max_image_pixels: Images with more pixels get an error row; default ``QualityScorer``'s.
-        revision: Hub branch, tag or commit of the weights.
-        local_files_only: Actors never touch the network: the weights must be a file or already in each node's
-            cache.
         recursive: Search folders recursively.
         hidden: Include names starting with ``.`` found in folders.
         path_column: For a Dataset source: the column of paths (or names, with ``bytes_column``).
         bytes_column: For a Dataset source: a column of encoded image files; default ``bytes`` when the Dataset
             has one.
         rows_per_call: Rows handed to an actor per call; default: a few calls per actor, at most 256.
+        **scorer_options: Any other :class:`~qualiclip_infer.QualityScorer` argument, the same for every actor:
+            ``model``, ``prompt_weights``, ``prompts``, ``logit_scale``, ``max_image_pixels``, ``revision``...;
+            ``local_files_only=True`` keeps every actor off the network (the weights must be a file or already in
+            each node's cache).
 
     Returns:
         A ``ray.data.Dataset``; nothing runs until it is consumed (``iter_rows``, ``write_parquet``...).
@@ -217,11 +211,10 @@ def score_dataset(
                                       override_num_blocks=max(1, math.ceil(len(paths) / per_call)))
         bytes_column = None
 
-    if weights is not None and os.path.exists(weights):
-        weights = os.path.abspath(weights)  # actors may run in another working directory
-    options = dict(weights=weights, device=device, precision=precision, prompts=prompts, batch_size=batch_size,
-                   logit_scale=logit_scale, max_image_pixels=max_image_pixels, revision=revision,
-                   local_files_only=local_files_only)
+    options = dict(scorer_options, weights=weights, device=device, precision=precision, batch_size=batch_size)
+    for key in ("weights", "prompt_weights"):
+        if isinstance(options.get(key), (str, os.PathLike)) and os.path.exists(options[key]):
+            options[key] = os.path.abspath(options[key])  # actors may run in another working directory
     return dataset.map_batches(
         BatchScorer,
         fn_constructor_kwargs=dict(

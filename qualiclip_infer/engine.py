@@ -216,7 +216,8 @@ def _score_batch(score_tensor: Callable[[torch.Tensor], torch.Tensor],
 def _scoring_failure(error: BaseException, tensor: torch.Tensor) -> str:
     _release_cached_memory()
     height, width = tensor.shape[1:]
-    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
+    # torch.cuda.OutOfMemoryError is torch.OutOfMemoryError from torch 2.5 on, and exists in every supported torch.
+    if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower():
         return f"out of memory scoring a {width}x{height} image on its own: {first_line(error)}"
     return f"scoring failed: {first_line(error)}"
 

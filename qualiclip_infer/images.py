@@ -215,8 +215,8 @@ def check_size(width: int, height: int, name: str, max_pixels: Optional[int] = N
         raise ImageError(f"{name}: image is {width}x{height}; QualiCLIP needs at least "
                          f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels")
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageError(f"{name}: image is {width}x{height} ({width * height / 1e6:.1f} Mpx), over the limit of "
-                         f"{max_pixels / 1e6:.1f} Mpx per image (max_image_pixels / --max-pixels)")
+        raise ImageError(f"{name}: image is {width}x{height} ({width * height / 1e6:.3g} Mpx), over the limit of "
+                         f"{max_pixels / 1e6:.3g} Mpx per image (max_image_pixels / --max-pixels)")
 
 
 def to_tensor(image: ImageInput, name: str = "image") -> torch.Tensor:

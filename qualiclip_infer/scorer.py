@@ -17,8 +17,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .engine import ScoreResult, iter_scores
 from .images import EncodedImage, ImageError, ImageInput, check_size, check_tensor, unsupported_input
-from .model import OFFICIAL_LOGIT_SCALE, QualiCLIP
-from .prompts import OFFICIAL_PROMPT_PAIRS, PromptPair, as_prompt_pairs, prompt_features
+from .model import QualiCLIP
+from .presets import DEFAULT_MODEL, get_preset
+from .prompts import PromptPair, as_prompt_pairs, preset_text_features
 from .weights import WeightsSpec, load_checkpoint, resolve_weights
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -83,9 +84,12 @@ def _check_precision(precision: str, device: torch.device) -> None:
 def load_model(
     weights: WeightsSpec = None,
     *,
+    model: str = DEFAULT_MODEL,
+    prompt_weights: WeightsSpec = None,
     prompts: Optional[Sequence[Sequence[str]]] = None,
-    logit_scale: float = OFFICIAL_LOGIT_SCALE,
+    logit_scale: Optional[float] = None,
     revision: Optional[str] = None,
+    prompt_revision: Optional[str] = None,
     cache_dir: Union[str, os.PathLike, None] = None,
     local_files_only: bool = False,
 ) -> QualiCLIP:
@@ -94,23 +98,30 @@ def load_model(
     It maps CLIP-normalised ``N x 3 x H x W`` tensors to ``(N,)`` scores, like the official torch.hub model.
     Arguments are those of :class:`QualityScorer`.
     """
-    return _load(weights, prompts, logit_scale, revision=revision, cache_dir=cache_dir,
+    return _load(weights, prompts, logit_scale, model=model, prompt_weights=prompt_weights,
+                 prompt_revision=prompt_revision, revision=revision, cache_dir=cache_dir,
                  local_files_only=local_files_only)[0]
 
 
-def _load(weights: WeightsSpec, prompts, logit_scale: float,
+def _load(weights: WeightsSpec, prompts, logit_scale: Optional[float], *, model: str = DEFAULT_MODEL,
+          prompt_weights: WeightsSpec = None, prompt_revision: Optional[str] = None,
           **where) -> Tuple[QualiCLIP, Optional[Tuple[PromptPair, ...]], Path]:
     """The model, the prompt pairs it scores against (``None`` if unnamed) and the weights file."""
+    preset = get_preset(model)
     custom_pairs = None if prompts is None else as_prompt_pairs(prompts)
-    path = resolve_weights(weights, **where)
+    preset.check_options(custom_pairs, prompt_weights, prompt_revision)
+    path = resolve_weights(weights, default=preset.weights, **where)
     checkpoint = load_checkpoint(path)
+    prompt_file = None
+    if preset.prompt_file is not None:
+        prompt_file = resolve_weights(prompt_weights, **{**where, "revision": prompt_revision},
+                                      default=preset.prompt_file, option="prompt_weights")
     with torch.device("meta"):
         image_tower = checkpoint.architecture.build_image_tower()
     image_tower.load_state_dict(checkpoint.image_tower_state(), strict=True, assign=True)
-    model = QualiCLIP(image_tower, prompt_features(checkpoint, custom_pairs), logit_scale)
-    if custom_pairs is None and checkpoint.prompt_features.shape[0] == 2 * len(OFFICIAL_PROMPT_PAIRS):
-        custom_pairs = OFFICIAL_PROMPT_PAIRS
-    return model.eval().requires_grad_(False), custom_pairs, path
+    features, pairs = preset_text_features(preset, checkpoint, custom_pairs, prompt_file)
+    scale = preset.logit_scale(checkpoint) if logit_scale is None else logit_scale
+    return QualiCLIP(image_tower, features, scale).eval().requires_grad_(False), pairs, path
 
 
 def _fold_batch_norms(module: nn.Module) -> None:
@@ -141,19 +152,26 @@ class QualityScorer:
         0.73
 
     Args:
-        weights: ``None`` for the official ``QualiCLIP.pth`` from the Hugging Face Hub (downloaded once, then
-            cached), a local ``.pth``/``.safetensors`` checkpoint in the official format, or
+        weights: ``None`` for the model's published weights from the Hugging Face Hub (downloaded once, then
+            cached; ``QualiCLIP.pth`` for ``qualiclip``), a local ``.pth``/``.safetensors`` checkpoint in the
+            official format (or, for ``clipiqa``/``clipiqa+``, an OpenAI-layout CLIP file), or
             ``hf-hub:ORG/REPO/FILE[@REVISION]``.
+        model: A preset of :data:`qualiclip_infer.presets.PRESETS`: ``qualiclip`` (the official model),
+            ``qualiclip+koniq``, ``qualiclip+clive``, ``qualiclip+flive``, ``qualiclip+spaq``, ``clipiqa`` or
+            ``clipiqa+``.
+        prompt_weights: For the models with learned prompts (``qualiclip+*``, ``clipiqa+``): ``None`` for the
+            published file, a local path, or ``hf-hub:ORG/REPO/FILE[@REVISION]``.
         device: ``auto`` (CUDA, else MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         precision: ``fp32`` (exact), or ``fp16``/``bf16`` autocast where the device supports it.
         prompts: ``None`` for the official pairs (features stored in the checkpoint), or a list of
             ``(positive, negative)`` strings, encoded once with the checkpoint's text tower and cached.
         batch_size: Most images run through the network at once (only images of equal size share a batch).
-        revision: Hub branch, tag or commit to pin.
-        cache_dir: Hugging Face cache folder for the download.
+        revision: Hub branch, tag or commit to pin for ``weights``.
+        prompt_revision: Hub branch, tag or commit to pin for ``prompt_weights``.
+        cache_dir: Hugging Face cache folder for the downloads.
         local_files_only: Never touch the network; the Hub file must already be cached.
-        logit_scale: Scale of the cosine similarities; 100 is the official model, 50 equals pyiqa's
-            ``qualiclip`` (which divides by a temperature of 2).
+        logit_scale: Scale of the cosine similarities; ``None`` for the model's own (100 for ``qualiclip``, the
+            official model; pyiqa's for the others). 50 equals pyiqa's ``qualiclip`` (a temperature of 2).
         max_batch_pixels: Cap on pixels in one batch, so large photos are batched fewer at a time; default 0.5 Mpx
             on the CPU, 16 Mpx elsewhere.
         max_image_pixels: Images with more pixels are refused (an error for that image) rather than risking the
@@ -169,14 +187,17 @@ class QualityScorer:
         self,
         weights: WeightsSpec = None,
         *,
+        model: str = DEFAULT_MODEL,
+        prompt_weights: WeightsSpec = None,
         device: Union[str, torch.device] = "auto",
         precision: Precision = "fp32",
         prompts: Optional[Sequence[Sequence[str]]] = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         revision: Optional[str] = None,
+        prompt_revision: Optional[str] = None,
         cache_dir: Union[str, os.PathLike, None] = None,
         local_files_only: bool = False,
-        logit_scale: float = OFFICIAL_LOGIT_SCALE,
+        logit_scale: Optional[float] = None,
         max_batch_pixels: Optional[int] = None,
         max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
     ):
@@ -193,16 +214,19 @@ class QualityScorer:
             raise ValueError(f"max_image_pixels must be positive or None, got {max_image_pixels}")
         self.max_image_pixels = None if max_image_pixels is None else int(max_image_pixels)
 
-        self.model, self.prompts, self.weights_path = _load(weights, prompts, logit_scale, revision=revision,
-                                                            cache_dir=cache_dir, local_files_only=local_files_only)
+        self.model_name = model
+        self.model, self.prompts, self.weights_path = _load(
+            weights, prompts, logit_scale, model=model, prompt_weights=prompt_weights, prompt_revision=prompt_revision,
+            revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
         _fold_batch_norms(self.model.visual)
         # oneDNN and cuDNN convolutions run faster on NHWC tensors (about 1.3x for RN50 on a CPU); same results.
         self._memory_format = torch.channels_last if self.device.type in ("cpu", "cuda") else torch.contiguous_format
         self.model.to(self.device, memory_format=self._memory_format)
 
     def __repr__(self) -> str:
-        return (f"QualityScorer(weights={str(self.weights_path)!r}, device={str(self.device)!r}, "
-                f"precision={self.precision!r}, pairs={self.model.num_pairs}, logit_scale={self.model.logit_scale})")
+        return (f"QualityScorer(model={self.model_name!r}, weights={str(self.weights_path)!r}, "
+                f"device={str(self.device)!r}, precision={self.precision!r}, pairs={self.model.num_pairs}, "
+                f"logit_scale={self.model.logit_scale})")
 
     def score_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """Scores one batch of equally sized images.

@@ -115,7 +115,7 @@ def test_pixel_limit_refuses_large_images_and_names_size_and_limit(tiny_checkpoi
     path = save_image(tmp_path / "large.png", large)
     results = list(scorer.iter_scores([small, path, large]))
     assert [r.ok for r in results] == [True, False, False]
-    assert results[1].error == ("image is 65x64 (0.0 Mpx), over the limit of 0.0 Mpx per image "
+    assert results[1].error == ("image is 65x64 (0.00416 Mpx), over the limit of 0.0041 Mpx per image "
                                 "(max_image_pixels / --max-pixels)")
     assert (results[1].width, results[1].height) == (65, 64)
     with pytest.raises(ImageError, match="over the limit"):
@@ -260,9 +260,11 @@ def test_cli_survives_fuzzed_files(tiny_checkpoint, tmp_path):
     folder = tmp_path / "fuzz"
     folder.mkdir()
     paths = _fuzzed_files(folder, 200, seed=1)
+    paths.append(save_image(folder / "large.png", natural_image(120, 100)))  # over --max-pixels 0.01 (10,000 px)
     out = tmp_path / "rows.csv"
     process = subprocess.run([sys.executable, "-m", "qualiclip_infer", str(folder), "--weights", str(tiny_checkpoint),
-                              "--device", "cpu", "-o", str(out), "-q"], capture_output=True, text=True, timeout=300)
+                              "--device", "cpu", "-o", str(out), "-q", "--max-pixels", "0.01"],
+                             capture_output=True, text=True, timeout=300)
     assert process.returncode == 1, process.stderr
     assert "Traceback" not in process.stderr
     import csv
@@ -270,3 +272,6 @@ def test_cli_survives_fuzzed_files(tiny_checkpoint, tmp_path):
         rows = list(csv.DictReader(f))
     assert sorted(row["path"] for row in rows) == sorted(map(str, paths))
     assert all(row["score"] or row["error"] for row in rows)
+    large = next(row for row in rows if row["path"].endswith("large.png"))
+    assert (large["score"], large["width"], large["height"]) == ("", "120", "100")
+    assert large["error"] == "image is 120x100 (0.012 Mpx), over the limit of 0.01 Mpx per image (max_image_pixels / --max-pixels)"

@@ -406,7 +406,9 @@ class Trainer:
         initial = load_checkpoint(self.init_path)
         clip_state = dict(initial.clip_state)
         clip_state.update({f"visual.{key}": value for key, value in self.model.visual.state_dict().items()})
-        path = save_checkpoint(path, clip_state, initial.prompt_features)
+        # A plain CLIP file (OpenAI's RN50, as the paper starts from) stores no prompt features: keep the trained ones.
+        stored = initial.prompt_features if initial.prompt_features is not None else self.model.prompt_features
+        path = save_checkpoint(path, clip_state, stored)
         self.log(f"wrote {path}")
         return path
 
