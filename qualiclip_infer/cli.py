@@ -441,7 +441,7 @@ def _ray_rows(args: argparse.Namespace, paths: Sequence[str],
     if not paths:  # nothing left to score: no need to start a cluster
         return
     from .distributed import connect, ray_error_cause, score_dataset
-    from .engine import ScoreResult
+    from .results import ScoreResult  # not the engine: the driver needs no torch
 
     try:
         connect(None if args.ray == "local" else args.ray, quiet=args.quiet)

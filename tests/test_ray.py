@@ -317,3 +317,10 @@ def test_ray_address_or_path_after_the_flag():
     assert parsed("--ray", "10.0.0.1:6379", "a") == ("10.0.0.1:6379", ["a"])
     assert parsed("a", "--ray") == ("local", ["a"])
     assert parsed("a") == (None, ["a"])
+
+
+def test_the_ray_driver_imports_no_torch():
+    """The CLI's driver only passes rows along: torch (seconds of CPU) is for the actors."""
+    program = ("import sys; from qualiclip_infer import cli, distributed, parquet_rows, results; "
+               "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", program], timeout=SUBPROCESS_TIMEOUT).returncode == 0
