@@ -502,9 +502,9 @@ def test_validation_every_n_steps_or_epochs(tmp_path, image_folder, tiny_checkpo
     assert validated(val_every=0) == [0, 5]
 
     # The default keeps validation (val_crops x L forward) under 10% of training (batch x 2 x L forward and
-    # backward, costing at least 3 times as much per crop), whatever the number of images.
+    # backward, costing at least 2.5 times as much per crop-level), whatever the number of images.
     default = Trainer(tiny_config(image_folder, tiny_checkpoint, tmp_path / "o.pth", val_crops=240, batch_size=16))
-    assert default.val_every_steps == math.ceil(240 * 5 / (0.1 * 3 * 16 * 2 * 5)) == 25
+    assert default.val_every_steps == math.ceil(240 * 5 / (0.1 * 2.5 * 16 * 2 * 5)) == 30
     assert Trainer(tiny_config(image_folder, tiny_checkpoint, tmp_path / "o.pth", val_every=2)).val_every_steps == 0
 
 
@@ -583,12 +583,21 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_draws_the_degradation_grid(tmp_path, image_folder):
     source = list_images(image_folder)[0]
-    result = _run_cli("degradations", str(source), "-o", str(tmp_path / "grid.png"), "--tile", "32")
+    names = "jpeg2000,pixelate,white_noise"
+    result = _run_cli("degradations", str(source), "-o", str(tmp_path / "grid.png"), "--tile", "32",
+                      "--crop-size", "72", "--distortions", names)
     assert result.returncode == 0, result.stderr
     image = torch.from_numpy(np.asarray(Image.open(source).convert("RGB")).copy()).permute(2, 0, 1).float() / 255
     with Image.open(tmp_path / "grid.png") as grid:
-        assert grid.format == "PNG" and grid.size == degradation_grid(image, tile=32).size
-        assert grid.height > 24 * 32
+        assert grid.format == "PNG" and grid.height > 3 * 32
+        drawn = np.asarray(grid.convert("RGB")).astype(int)
+    # Degraded at the crop size, then shrunk to the tile.
+    expected = np.asarray(degradation_grid(image, names.split(","), tile=32, crop_size=72)).astype(int)
+    assert drawn.shape == expected.shape and np.abs(drawn - expected).max() <= 1
+    # By default at fit's default crop size.
+    from qualiclip_infer.train.cli import build_parser
+
+    assert build_parser().parse_args(["degradations", "a.png", "-o", "b.png"]).crop_size == 224
 
 
 def test_cli_fit_writes_a_loadable_checkpoint(tmp_path, image_folder, tiny_checkpoint):

@@ -14,10 +14,12 @@ WARMUP_SHARE = 0.05
 
 # Default validation interval. Validation pushes ``val_crops x L`` crop-levels through the network (forward only);
 # an optimiser step pushes ``batch x accumulate x 2 x L`` (forward and backward); both also degrade every crop-level.
-# Measured per crop-level (benchmarks/RESULTS.md, "validation cost"): a training step costs 3.4x (tiny CLIP, 224 px,
-# CPU) to 3.9x (RN50, CPU) a validation. We assume the lower bound, 3, so that periodic validation stays under
-# VALIDATION_SHARE of the training time whatever the model, and whatever the dataset size (neither side depends on it).
-TRAIN_TO_VALIDATION_COST = 3.0
+# Measured CPU time per crop-level, single-threaded at 224 px (`python benchmarks/bench_train.py --costs`, figures in
+# benchmarks/RESULTS.md): a training step costs 2.73x a validation for a tiny CLIP and 2.62x for RN50. We take 2.5,
+# below both, so that periodic validation stays under VALIDATION_SHARE of the training time whatever the model, and
+# whatever the dataset size (neither side depends on it). Not measured on a GPU, where a larger share of the time
+# may go to the degradations that both sides pay alike (which would bring the ratio closer to 1).
+TRAIN_TO_VALIDATION_COST = 2.5
 VALIDATION_SHARE = 0.1
 
 
