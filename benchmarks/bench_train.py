@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 ISSUE_COMMAND = ["--steps", "200", "--lr", "3e-4", "--device", "cpu", "--seed", "0"]
@@ -42,6 +42,7 @@ VARIANTS = {"defaults": [], "control": ["--batch-size", "4", "--val-every", "0"]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--old", type=Path, help="root of the old code tree (the package under it is imported)")
+    parser.add_argument("--old-label", help="how the report names the old tree (default: its git commit)")
     parser.add_argument("--new", type=Path, default=REPO, help="root of the new code tree (default: this one)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/qualiclip-bench-train"))
     parser.add_argument("--cap-min", type=float, default=30.0, help="wall-clock cap per run, minutes (default 30)")
@@ -61,7 +62,9 @@ def main() -> None:
                        str(out), "--init", str(checkpoint), *ISSUE_COMMAND, *extra]
             results.append(dict(tree=label, variant=variant, **_run(command, tree, args.cap_min * 60)))
             print(f"{label} {variant}: {results[-1]}", file=sys.stderr)
-    print(_report(results, trees, args.cap_min))
+    labels = {label: (args.old_label if label == "old" and args.old_label else _commit(tree))
+              for label, tree in trees.items()}
+    print(_report(results, labels, args.cap_min))
 
 
 def _inputs(workdir: Path):
@@ -102,16 +105,17 @@ def _run(command: List[str], tree: Path, cap_s: float) -> Dict[str, object]:
                 last_line=lines[-1] if lines else "")
 
 
-def _report(results: List[dict], trees: Dict[str, Optional[Path]], cap_min: float) -> str:
-    def commit(tree: Path) -> str:
-        return subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip() or "?"
+def _commit(tree: Path) -> str:
+    return subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or str(tree)
 
+
+def _report(results: List[dict], labels: Dict[str, str], cap_min: float) -> str:
     rows = ["| variant | code | finished | wall s | CPU s | steps | validations | level SRCC before → after | "
             "load avg at start |", "|---|---|---|---:|---:|---:|---:|---|---:|"]
     for r in results:
         srcc = (f"{r['srcc_before']:.3f} → {r['srcc_after']:.3f}" if r["srcc_before"] is not None else "–")
-        rows.append(f"| {r['variant']} | {r['tree']} ({commit(trees[r['tree']])}) | "
+        rows.append(f"| {r['variant']} | {r['tree']} ({labels[r['tree']]}) | "
                     f"{'yes' if r['finished'] else f'no (cap {cap_min:g} min)'} | {r['wall_s']:.0f} | "
                     f"{r['cpu_s']:.0f} | {r['steps']} | {r['validations']} | {srcc} | {r['load']:.1f} |")
     header = [f"- Machine: {_cpu_name()}, {os.cpu_count()} logical CPUs; {platform.python_version()}",

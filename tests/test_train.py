@@ -25,7 +25,8 @@ from qualiclip_infer.images import ImageError
 from qualiclip_infer.train.cli import main
 from qualiclip_infer.train.data import (CropStream, StreamSampler, collate_samples, degrade_levels, keyed_rng,
                                         overlapping_boxes, read_mos_csv, split_images, spread_levels)
-from qualiclip_infer.train.inputs import list_images
+from qualiclip_infer.train.inputs import (DECODE_PIXELS_PER_SECOND, UP_FRONT_DECODE_BUDGET_S, check_images,
+                                          decode_up_front, list_images)
 from qualiclip_infer.train.degradations import DISTORTIONS, degradation_grid
 from qualiclip_infer.train.losses import LossConfig, margin_ranking, prompt_similarities, qualiclip_loss
 from qualiclip_infer.train.loop import (TrainConfig, Trainer, level_correlations, pearson, rankdata, spearman,
@@ -227,38 +228,57 @@ def test_level_correlations():
 
 # ------------------------------------------------------------------------------------------- training
 
-def test_training_learns_to_rank_levels(tmp_path, image_folder, tiny_checkpoint, one_thread):
-    """A real run: a random tiny CLIP learns to rank held-out crops by degradation level.
+@pytest.mark.slow
+def test_the_ten_photo_run_of_the_issue_learns_with_default_options(tmp_path, tiny_checkpoint, one_thread):
+    """Issue 12's run (10 photos, tiny CLIP, ``--lr 3e-4 --device cpu --seed 0``, every other option at its default:
+    224-pixel crops, batch 16, all 24 distortions, 4 workers (capped at the CPUs), 240 held-out crops, cosine schedule,
+    validation interval by cost) in 60 steps instead of 200: a few minutes on 2 cores, and held-out level SRCC rises
+    by at least 0.3 (0.00 -> 0.39 measured). The trainer's SRCC is checked against scipy on the same scores."""
+    photos = tmp_path / "pristine"
+    photos.mkdir()
+    for seed in range(10):
+        save_image(photos / f"photo{seed:02d}.jpg", natural_image(320, 256, seed=seed), quality=90)
+    config = TrainConfig(images=photos, out=tmp_path / "model.pth", init=tiny_checkpoint, steps=60, lr=3e-4,
+                         device="cpu", seed=0)
+    trainer = Trainer(config)
+    assert (len(trainer.train_images), len(trainer.val_images), trainer.val_every_steps) == (9, 1, 30)
 
-    Settings fit a random network, not the pre-trained RN50 the defaults are for: its image-text cosines spread
-    over tenths rather than hundredths, hence larger margins; and BatchNorm statistics that were never measured on
-    images are worth nothing, so they train (with them frozen the random network learns slowly and can collapse
-    to constant features).
-    """
-    config = tiny_config(image_folder, tiny_checkpoint, tmp_path / "tuned.pth", steps=400, batch_size=8, lr=1e-3,
-                         train_bn=True, loss=LossConfig(0.05, 0.05, 0.025), val_crops=96, val_every=0)
+    def scipy_level_srcc(scores: torch.Tensor) -> float:
+        per_crop = [scipy.stats.spearmanr(row.numpy(), -np.array(trainer.levels))[0] for row in scores]
+        return float(np.mean([0.0 if np.isnan(value) else value for value in per_crop]))
+
+    def held_out_scores() -> torch.Tensor:  # as validation computes them: crops x levels
+        trainer.model.eval()
+        with torch.no_grad():
+            return trainer._level_scores()
+
+    scores_before = held_out_scores()
     started = time.perf_counter()
-    history = Trainer(config).run()
+    history = trainer.run()
+    scores_after = held_out_scores()
     before, after = history[0]["level_srcc"], history[-1]["level_srcc"]
     print(f"\nlevel SRCC {before:.3f} -> {after:.3f} (pooled {history[0]['level_srcc_pooled']:.3f} -> "
           f"{history[-1]['level_srcc_pooled']:.3f}) in {history[-1]['step']} steps, "
           f"{time.perf_counter() - started:.0f} s")
-    assert history[-1]["step"] == 400
-    assert after > before + 0.3 and after > 0.5
+    assert [entry["step"] for entry in history] == [0, 30, 60]
+    assert scores_before.shape == (240, 5)
+    assert before == pytest.approx(scipy_level_srcc(scores_before), abs=1e-9)
+    assert after == pytest.approx(scipy_level_srcc(scores_after), abs=1e-9)
+    pooled = scipy.stats.spearmanr(scores_after.flatten().numpy(), -np.tile(trainer.levels, 240))[0]
+    assert history[-1]["level_srcc_pooled"] == pytest.approx(pooled, abs=1e-9)
+    assert after >= before + 0.3
 
     tuned, initial = load_checkpoint(config.out), load_checkpoint(tiny_checkpoint)
     assert set(tuned.clip_state) == set(initial.clip_state)
     assert torch.equal(tuned.prompt_features, initial.prompt_features)
     for key, value in initial.clip_state.items():
         same = torch.equal(tuned.clip_state[key], value)
-        if not key.startswith("visual.") or key.endswith("positional_embedding"):
-            assert same, key  # the text tower and the position-free pool's unused table are copied
+        if not key.startswith("visual.") or key.endswith("positional_embedding") or "running_" in key:
+            assert same, key  # the text tower, the unused positional table, the frozen BatchNorm statistics
         elif key.endswith(".weight"):
             assert not same, key
     scorer = QualityScorer(weights=config.out, device="cpu")
-    clean = torch.from_numpy(natural_image(96, 96, seed=99)).permute(2, 0, 1).float().div(255)
-    noisy = (clean + 0.1 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
-    assert 0 <= scorer.score(noisy) <= 1 and 0 <= scorer.score(clean) <= 1
+    assert 0 <= scorer.score(natural_image(96, 96, seed=99)) <= 1
 
 
 def test_batchnorm_statistics_are_frozen_unless_asked(tmp_path, image_folder, tiny_checkpoint, one_thread):
@@ -441,6 +461,32 @@ def test_unusable_images_are_left_out_with_one_warning(tmp_path, tiny_checkpoint
     assert folder / "._photo.jpg" in list_images(folder, hidden=True)
 
 
+def test_check_images_decodes_up_front_only_when_cheap(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for index in range(210):  # enough for the check to use worker processes
+        save_image(folder / f"{index:03d}.jpg", natural_image(48, 40, seed=index % 7), quality=90)
+    good = (folder / "000.jpg").read_bytes()
+    (folder / "100.jpg").write_bytes(good[:len(good) // 2])
+    (folder / "150.jpg").write_bytes(b"")
+    paths = list_images(folder)
+
+    def names(rejected):
+        return [entry.path.name for entry in rejected]
+
+    in_process = check_images(paths, 40, workers=0, decode="upfront")
+    assert names(in_process[1]) == ["100.jpg", "150.jpg"] and in_process[2] and len(in_process[0]) == 208
+    assert check_images(paths, 40, workers=2, decode="upfront") == in_process
+    usable, rejected, decoded = check_images(paths, 40, workers=0, decode="lazy")  # headers only
+    assert names(rejected) == ["150.jpg"] and not decoded and folder / "100.jpg" in usable
+    assert names(check_images(paths, 41, workers=0, decode="lazy")[1]) == [path.name for path in paths]
+    # auto: decode when the headers' pixel count says it takes at most a minute on the workers
+    assert check_images(paths, 40, workers=0, decode="auto")[2]
+    assert decode_up_front(int(DECODE_PIXELS_PER_SECOND * UP_FRONT_DECODE_BUDGET_S * 2), 2, "auto")
+    assert not decode_up_front(int(DECODE_PIXELS_PER_SECOND * UP_FRONT_DECODE_BUDGET_S * 2) + 10, 2, "auto")
+    assert not decode_up_front(1, 2, "lazy") and decode_up_front(10**12, 2, "upfront")
+
+
 def test_too_few_usable_images_stop_before_training(tmp_path, tiny_checkpoint, capsys):
     folder = tmp_path / "mostly-bad"
     folder.mkdir()
@@ -555,11 +601,18 @@ def test_error_messages_never_fail_to_format(tmp_path, image_folder, tiny_checkp
 
 def test_validation_against_a_mos_csv(tmp_path, image_folder, tiny_checkpoint):
     rows = [f"{path},{i % 5 + 1}" for i, path in enumerate(list_images(image_folder)[:6])]  # absolute paths
-    (tmp_path / "mos.csv").write_text("path,mos\n" + "\n".join(rows) + "\n")
-    trainer = Trainer(tiny_config(image_folder, tiny_checkpoint, tmp_path / "out.pth", val_csv=tmp_path / "mos.csv"))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(list_images(image_folder)[0].read_bytes()[:300])
+    (tmp_path / "mos.csv").write_text("path,mos\n" + "\n".join(rows) + "\nbroken.png,2\n")
+    lines = []
+    trainer = Trainer(tiny_config(image_folder, tiny_checkpoint, tmp_path / "out.pth", val_csv=tmp_path / "mos.csv"),
+                      log=lines.append)
     metrics = trainer.evaluate()
     assert set(metrics) == {"level_srcc", "level_srcc_pooled", "mos_srcc", "mos_plcc"}
     assert all(-1 <= value <= 1 for value in metrics.values())
+    assert len(lines) == 1 and lines[0].startswith(f"warning: skipped {broken}: ")  # scored without it
+    trainer.evaluate()
+    assert len(lines) == 1  # named once
 
 
 def test_bad_settings_fail_before_training(tmp_path, image_folder, tiny_checkpoint):

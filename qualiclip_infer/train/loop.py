@@ -228,6 +228,15 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _pixels(path: Path) -> int:
+    """Pixel count from an image's header; 0 for one that cannot be read (validation skips it with a warning)."""
+    try:
+        width, height = image_size(path)
+    except ImageError:
+        return 0
+    return width * height
+
+
 def worker_message(error: BaseException) -> str:
     """The one-line message of an error, also when a DataLoader worker re-raised it.
 
@@ -340,8 +349,7 @@ class Trainer:
             return config.val_every_steps
         if config.val_every is not None:  # validation by epochs was asked for instead
             return 0
-        crop_area = config.crop_size ** 2
-        mos_crops = sum(width * height / crop_area for width, height in (image_size(p) for p, _ in self.mos_rows))
+        mos_crops = sum(_pixels(path) for path, _ in self.mos_rows) / config.crop_size ** 2
         val_crop_levels = (config.val_crops * len(self.levels) if self.val_stream is not None else 0) + mos_crops
         step_crop_levels = config.batch_size * config.accumulate * CROPS_PER_SAMPLE * len(self.levels)
         return default_validation_interval(val_crop_levels, step_crop_levels)
@@ -517,7 +525,7 @@ class Trainer:
         """The held-out crops (uint8, on the CPU), cut once: every validation scores the same ones."""
         if self._val_batches is None:
             loader = DataLoader(self.val_stream, batch_size=self.config.batch_size,
-                                sampler=StreamSampler(0, self.config.val_crops), num_workers=0,
+                                sampler=StreamSampler(0, self.config.val_crops), num_workers=self.workers,
                                 collate_fn=collate_samples)
             self._val_batches = []
             for batch in loader:
