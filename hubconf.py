@@ -19,7 +19,8 @@ def QualiCLIP(pretrained: bool = True, **kwargs):  # noqa: N802 (the official en
             meaningless; it is for shape, speed and training tests.
         **kwargs: With ``pretrained=True``: ``weights``, ``revision``, ``cache_dir``, ``local_files_only``,
             ``prompts``, ``logit_scale`` (see ``qualiclip_infer.load_model``). With ``pretrained=False``: only
-            ``logit_scale``.
+            ``logit_scale``. The other models of the family have entry points of their own (``QualiCLIP_plus``,
+            ``CLIP_IQA``, ``CLIP_IQA_plus``): ``torch.hub.load`` keeps ``model`` for the entry point's name.
 
     Returns:
         The model on the CPU in eval mode; move it with ``.to(device)``.
@@ -33,16 +34,56 @@ def QualiCLIP(pretrained: bool = True, **kwargs):  # noqa: N802 (the official en
     return _random_model(**kwargs)
 
 
-def qualiclip_scorer(**kwargs):
+def QualiCLIP_plus(dataset: str = "koniq", **kwargs):  # noqa: N802 (named like the model)
+    """QualiCLIP+ as an ``nn.Module``: QualiCLIP's image tower with prompts learned on a MOS dataset.
+
+    Args:
+        dataset: ``koniq``, ``clive``, ``flive`` or ``spaq``: the dataset whose human scores the prompts were fitted
+            to (so the model is no longer opinion-unaware).
+        **kwargs: ``weights``, ``prompt_weights``, ``revision``, ``prompt_revision``, ``cache_dir``,
+            ``local_files_only``, ``logit_scale`` (see ``qualiclip_infer.load_model``).
+    """
+    from qualiclip_infer import load_model
+
+    return load_model(model=f"qualiclip+{dataset}", **kwargs)
+
+
+def CLIP_IQA(**kwargs):  # noqa: N802
+    """CLIP-IQA as an ``nn.Module``: stock OpenAI CLIP RN50 scoring against pyiqa's five antonym pairs (zero-shot).
+
+    Args:
+        **kwargs: ``weights``, ``revision``, ``cache_dir``, ``local_files_only``, ``prompts``, ``logit_scale``.
+    """
+    from qualiclip_infer import load_model
+
+    return load_model(model="clipiqa", **kwargs)
+
+
+def CLIP_IQA_plus(**kwargs):  # noqa: N802
+    """CLIP-IQA+ as an ``nn.Module``: OpenAI CLIP RN50 with a prompt context learned on KonIQ-10k human scores.
+
+    Args:
+        **kwargs: ``weights``, ``prompt_weights``, ``revision``, ``prompt_revision``, ``cache_dir``,
+            ``local_files_only``, ``logit_scale``.
+    """
+    from qualiclip_infer import load_model
+
+    return load_model(model="clipiqa+", **kwargs)
+
+
+def qualiclip_scorer(preset: str = "qualiclip", **kwargs):
     """A ``qualiclip_infer.QualityScorer``: scores paths, PIL images, arrays and tensors, batched and exact.
 
     Args:
-        **kwargs: Arguments of ``QualityScorer`` (``weights``, ``device``, ``precision``, ``prompts``,
-            ``batch_size``, ...).
+        preset: The scorer's ``model``: ``qualiclip`` (the official model), ``qualiclip+koniq``,
+            ``qualiclip+clive``, ``qualiclip+flive``, ``qualiclip+spaq``, ``clipiqa`` or ``clipiqa+``
+            (``torch.hub.load`` keeps the name ``model`` for the entry point).
+        **kwargs: Arguments of ``QualityScorer`` (``weights``, ``prompt_weights``, ``device``, ``precision``,
+            ``prompts``, ``batch_size``, ...).
     """
     from qualiclip_infer import QualityScorer
 
-    return QualityScorer(**kwargs)
+    return QualityScorer(model=preset, **kwargs)
 
 
 def _random_model(logit_scale=None):

@@ -15,9 +15,11 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .images import ImageError
     from .model import QualiCLIP
+    from .presets import PRESETS
     from .prompts import OFFICIAL_PROMPT_PAIRS
     from .scorer import QualityScorer, load_model
     from .weights import CheckpointError, WeightsNotFoundError, load_checkpoint, resolve_weights, save_checkpoint
+    from .eval import evaluate, read_mos
 
 # Public names and their submodules. They are imported on first use (PEP 562) so that importing the package,
 # e.g. for `qualiclip-score --help`, does not pay for torch and open_clip (several seconds).
@@ -26,12 +28,15 @@ _EXPORTS = {
     "QualiCLIP": "model",
     "load_model": "scorer",
     "OFFICIAL_PROMPT_PAIRS": "prompts",
+    "PRESETS": "presets",
     "ImageError": "images",
     "CheckpointError": "weights",
     "WeightsNotFoundError": "weights",
     "load_checkpoint": "weights",
     "resolve_weights": "weights",
     "save_checkpoint": "weights",
+    "evaluate": "eval",
+    "read_mos": "eval",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -1,8 +1,9 @@
 """``qualiclip-score``: scores image files, folders and glob patterns with QualiCLIP, one output row per image.
 
-Rows are written and flushed as batches finish, in input order, so an interrupted run keeps everything it scored and
-``--resume`` picks up where it stopped. Images are decoded by a pool of threads (Pillow and torch release the GIL)
-while the model runs; images of equal size share a batch.
+Scoring is the library's engine (``QualityScorer.iter_scores``): headers first, equal sizes batched, decoding in
+threads ahead of the model, every failure confined to its image. This module finds the images, parses options and
+writes rows, each flushed as it arrives in input order, so an interrupted run keeps everything it scored and
+``--resume`` picks up where it stopped.
 
 torch, open_clip and huggingface_hub are imported only after the arguments are parsed: ``--help`` and usage errors
 stay instant, and ``--offline`` can switch huggingface_hub off before it reads its settings.
@@ -11,64 +12,32 @@ stay instant, and ``--offline`` can switch huggingface_hub off before it reads i
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import io
-import json
 import math
 import os
 import re
 import statistics
 import sys
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Set, TextIO, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from ._errors import first_line
 from ._version import __version__
 from .files import InputNotFoundError, find_images
+from .output import FORMATS, RESUMABLE_FORMATS, OutputFileError, RowWriter, choose_format, open_output, prepare_resume
 
 if TYPE_CHECKING:
-    import torch
-
+    from .engine import ScoreResult
     from .scorer import QualityScorer
 
 PROG = "qualiclip-score"
-COLUMNS = ("path", "score", "width", "height", "error")
-FORMATS = ("table", "csv", "jsonl", "json")
-RESUMABLE_FORMATS = ("csv", "jsonl")
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-_SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
-# Headers are read this many files at a time; equal sizes are batched within such a window, and rows wait at most
-# for the rest of their window to keep input order.
-_PROBE_WINDOW = 256
-# Batches decoded ahead of the model: enough to keep it busy, few enough to bound memory.
-_PREFETCH_BATCHES = 2
-_SCORE_DECIMALS = 8  # float32 scores carry ~7 significant digits
+# The names of qualiclip_infer.presets.PRESETS, listed here so that --help needs no torch (a test keeps them equal).
+_MODEL_NAMES = ("qualiclip", "qualiclip+koniq", "qualiclip+clive", "qualiclip+flive", "qualiclip+spaq", "clipiqa",
+                "clipiqa+")
 
 
 class UsageError(Exception):
     """A problem with the command line or its inputs; reported on one line, exit status 2."""
-
-
-@dataclass
-class Row:
-    """One output row.
-
-    Attributes:
-        path: The image file, as found.
-        score: Quality in [0, 1], ``None`` if the image could not be scored.
-        width: Upright width in pixels, ``None`` if the header could not be read.
-        height: Upright height in pixels, ``None`` if the header could not be read.
-        error: Why the image was not scored (one line); empty when scored.
-    """
-
-    path: str
-    score: Optional[float] = None
-    width: Optional[int] = None
-    height: Optional[int] = None
-    error: str = ""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -112,10 +81,36 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print count, mean, median, min, max and failures to standard error")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-file error messages")
 
+    add_scoring_options(parser)
+    return parser
+
+
+def add_scoring_options(parser: argparse.ArgumentParser, *, several_weights: bool = False) -> None:
+    """Adds the options that choose and run the model, shared by ``qualiclip-score`` and ``qualiclip-eval``.
+
+    Args:
+        parser: The parser to extend.
+        several_weights: ``--weights`` may be repeated (a list), for commands that compare models.
+    """
     model = parser.add_argument_group("model")
-    model.add_argument("--weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
-                       help="checkpoint (default: the official QualiCLIP.pth from the Hugging Face Hub)")
+    if several_weights:
+        model.add_argument("--weights", metavar="PATH|hf-hub:ORG/REPO/FILE", action="append",
+                           help="checkpoint (default: the official QualiCLIP.pth from the Hugging Face Hub); "
+                                "repeat to compare several (paired with the --model options by position, or one "
+                                "for all of them)")
+    else:
+        model.add_argument("--model", default="qualiclip", choices=_MODEL_NAMES, metavar="NAME",
+                           help=f"qualiclip (default: the official model), {', '.join(_MODEL_NAMES[1:])}; the "
+                                f"qualiclip+ and clipiqa+ models were fitted to human scores (see the README's Model "
+                                f"presets)")
+        model.add_argument("--weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
+                           help="CLIP weights (default: the model's published file from the Hugging Face Hub, "
+                                "QualiCLIP.pth for qualiclip)")
     model.add_argument("--revision", help="Hub branch, tag or commit of the weights")
+    model.add_argument("--prompt-weights", metavar="PATH|hf-hub:ORG/REPO/FILE",
+                       help="learned-prompt file of a qualiclip+ or clipiqa+ model (default: its published file)"
+                            + ("; it applies to every --model" if several_weights else ""))
+    model.add_argument("--prompt-revision", metavar="REVISION", help="Hub branch, tag or commit of --prompt-weights")
     model.add_argument("--offline", action="store_true",
                        help="never use the network: the weights must be a local file or already cached")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -127,13 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--prompts", metavar="FILE",
                        help="custom prompt pairs, one 'positive | negative' per line ('#' starts a comment line)")
     model.add_argument("--logit-scale", type=_positive_float, metavar="X",
-                       help="scale of the cosine similarities (default: 100, the official model)")
+                       help="scale of the cosine similarities (default: the model's; 100 for qualiclip)")
+    model.add_argument("--max-pixels", type=_positive_float, metavar="MPX",
+                       help="refuse images over MPX megapixels (an error row) instead of risking running out of "
+                            "memory; activations cost about 200 MiB per megapixel in fp32 (default: 48)")
     model.add_argument("--workers", type=_positive_int, default=min(8, os.cpu_count() or 1), metavar="N",
                        help="image decoding threads (default: number of CPUs, at most 8)")
     model.add_argument("--threads", type=_positive_int, metavar="N",
                        help="torch CPU threads (default: torch's choice, one per core); lower it on a shared "
                             "machine, where threads waiting for each other at every layer slow everything down")
-    return parser
 
 
 def parse_shard(text: str) -> Tuple[int, int]:
@@ -206,266 +203,7 @@ def in_shard(path: str, shard: int, shards: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Resuming
-
-
-def read_finished(path: str, fmt: str) -> Tuple[Set[str], bool]:
-    """Paths already listed in an output file of an earlier run, for ``--resume``.
-
-    A last line without its newline (the run was killed while writing it) is cut off the file, so that path is
-    scored again.
-
-    Args:
-        path: The ``-o`` file; it need not exist.
-        fmt: ``csv`` or ``jsonl``.
-
-    Returns:
-        The listed paths, and whether the file already has its content (so no csv header is needed).
-
-    Raises:
-        UsageError: The file cannot be read, or is not a ``qualiclip-score`` output in that format.
-    """
-    try:
-        _drop_partial_line(path)
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            lines = f.read().splitlines(keepends=True)
-    except FileNotFoundError:
-        return set(), False
-    except OSError as error:
-        raise UsageError(f"--resume {path}: {error.strerror or first_line(error)}") from error
-    if not lines:
-        return set(), False
-    return (_csv_paths(path, lines) if fmt == "csv" else _jsonl_paths(path, lines)), True
-
-
-def _drop_partial_line(path: str) -> None:
-    """Cuts a file after its last newline, reading backwards from the end."""
-    with open(path, "rb+") as f:
-        end = position = f.seek(0, os.SEEK_END)
-        while position > 0:
-            start = max(0, position - (1 << 16))
-            f.seek(start)
-            cut = f.read(position - start).rfind(b"\n")
-            if cut >= 0:
-                if start + cut + 1 < end:
-                    f.truncate(start + cut + 1)
-                return
-            position = start
-        f.truncate(0)
-
-
-def _csv_paths(path: str, lines: List[str]) -> Set[str]:
-    rows = csv.reader(lines)
-    header = next(rows)
-    if tuple(header) != COLUMNS:
-        raise UsageError(f"--resume {path}: not a {PROG} csv file (header {','.join(header)!r})")
-    return {row[0] for row in rows if row}
-
-
-def _jsonl_paths(path: str, lines: List[str]) -> Set[str]:
-    paths = set()
-    for number, line in enumerate(lines, 1):
-        try:
-            paths.add(json.loads(line)["path"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise UsageError(f"--resume {path}:{number}: not a {PROG} jsonl row") from error
-    return paths
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Scoring
-
-
-def score_files(scorer: QualityScorer, paths: Sequence[str], workers: int) -> Iterator[List[Row]]:
-    """Scores image files, yielding rows in input order as soon as they (and all rows before them) are done.
-
-    Headers are read first, so images that cannot be scored are caught before decoding and images of equal size
-    are batched; each batch is then decoded by ``workers`` threads while the model scores the batch before it.
-    A file that cannot be read, decoded or scored gets a row with an ``error``; it never stops the run.
-
-    Args:
-        scorer: A :class:`~qualiclip_infer.QualityScorer`.
-        paths: Image files.
-        workers: Decoding threads.
-    """
-    order = _InputOrder()
-    in_flight: Deque[Tuple[List[Tuple[int, Row]], List[Future]]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qualiclip-decode") as pool:
-        for batch in _size_batches(scorer, paths, pool, order):
-            in_flight.append((batch, [pool.submit(_decode, row) for _, row in batch]))
-            if len(in_flight) > _PREFETCH_BATCHES:
-                yield _finish(scorer, *in_flight.popleft(), order)
-        while in_flight:
-            yield _finish(scorer, *in_flight.popleft(), order)
-    yield order.release()
-
-
-class _InputOrder:
-    """Holds finished rows until every row before them is finished."""
-
-    def __init__(self) -> None:
-        self._finished: Dict[int, Row] = {}
-        self._next = 0
-
-    def add(self, index: int, row: Row) -> None:
-        self._finished[index] = row
-
-    def release(self) -> List[Row]:
-        rows = []
-        while self._next in self._finished:
-            rows.append(self._finished.pop(self._next))
-            self._next += 1
-        return rows
-
-
-def _size_batches(scorer: QualityScorer, paths: Sequence[str], pool: ThreadPoolExecutor,
-                  order: _InputOrder) -> Iterator[List[Tuple[int, Row]]]:
-    """Reads headers a window at a time; rows that fail go straight to ``order``, the rest come in size batches."""
-    from .images import size_batches
-
-    for start in range(0, len(paths), _PROBE_WINDOW):
-        probed = list(enumerate(pool.map(_probe, paths[start:start + _PROBE_WINDOW]), start))
-        for index, row in probed:
-            if row.error:
-                order.add(index, row)
-        sized = [(index, row) for index, row in probed if not row.error]
-        for batch in size_batches([(row.width, row.height) for _, row in sized], scorer.batch_size,
-                                  scorer.max_batch_pixels):
-            yield [sized[position] for position in batch]
-
-
-def _probe(path: str) -> Row:
-    """A row with the image's upright size from its header, or with the error that rules it out."""
-    from .images import ImageError, check_size, image_size
-
-    try:
-        width, height = image_size(path)
-    except Exception as error:  # a broken file of any kind must not stop the run
-        return Row(path, error=_cause(error, path))
-    try:
-        check_size(width, height, path)
-    except ImageError as error:
-        return Row(path, width=width, height=height, error=_cause(error, path))
-    return Row(path, width=width, height=height)
-
-
-def _decode(row: Row) -> Union[torch.Tensor, str]:
-    """The image as a ``3 x H x W`` float tensor, or the one-line reason it cannot be decoded."""
-    from .images import to_tensor
-
-    try:
-        tensor = to_tensor(row.path, row.path)
-    except Exception as error:  # truncated, corrupt, or too large to hold: report it and go on
-        return _cause(error, row.path)
-    if (tensor.shape[2], tensor.shape[1]) != (row.width, row.height):
-        return f"decoded size {tensor.shape[2]}x{tensor.shape[1]} differs from the header's {row.width}x{row.height}"
-    return tensor
-
-
-def _finish(scorer: QualityScorer, batch: List[Tuple[int, Row]], futures: List[Future],
-            order: _InputOrder) -> List[Row]:
-    """Scores a decoded batch and returns the rows that are now ready in input order."""
-    import torch
-
-    decoded = []
-    for (_, row), future in zip(batch, futures):
-        result = future.result()
-        if isinstance(result, str):
-            row.error = result
-        else:
-            decoded.append((row, result))
-    if decoded:
-        try:
-            scores = scorer.score_tensor(torch.stack([tensor for _, tensor in decoded])).tolist()
-        except (RuntimeError, MemoryError) as error:  # e.g. out of memory on a huge photo
-            for row, _ in decoded:
-                row.error = f"scoring failed: {first_line(error)}"
-        else:
-            for (row, _), score in zip(decoded, scores):
-                row.score = score
-    for index, row in batch:
-        order.add(index, row)
-    return order.release()
-
-
-def _cause(error: BaseException, path: str) -> str:
-    """The one-line reason for a failure, without the path prefix of an ``ImageError``."""
-    from .images import ImageError, describe_error
-
-    if not isinstance(error, ImageError):
-        return describe_error(error)
-    message = first_line(error)
-    return message[len(path) + 2:] if message.startswith(f"{path}: ") else message
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Output
-
-
-class RowWriter:
-    """Writes rows in one format, flushing after each call so that an interrupted run keeps every row written.
-
-    Args:
-        stream: Text stream to write to.
-        fmt: One of :data:`FORMATS`.
-        header: Write the csv/table header (not when appending to an earlier run's file).
-        path_width: Width of the table's path column.
-    """
-
-    def __init__(self, stream: TextIO, fmt: str, *, header: bool = True, path_width: int = 40):
-        self._stream = stream
-        self._fmt = fmt
-        self._path_width = path_width
-        self._count = 0
-        if fmt == "json":
-            stream.write("[")
-        elif header and fmt == "csv":
-            stream.write(_csv_line(COLUMNS))
-        elif header and fmt == "table":
-            stream.write(self._table_line(COLUMNS))
-        stream.flush()
-
-    def write(self, rows: Iterable[Row]) -> None:
-        """Writes and flushes rows."""
-        for row in rows:
-            self._stream.write(self._format(row))
-            self._count += 1
-        self._stream.flush()
-
-    def close(self) -> None:
-        """Ends the output (closes the json array) and flushes; the stream stays open."""
-        if self._fmt == "json":
-            self._stream.write("\n]\n" if self._count else "]\n")
-        self._stream.flush()
-
-    def _format(self, row: Row) -> str:
-        if self._fmt == "jsonl":
-            return json.dumps(_record(row), ensure_ascii=False) + "\n"
-        if self._fmt == "json":
-            return ("," if self._count else "") + "\n" + json.dumps(_record(row), ensure_ascii=False)
-        score = "" if row.score is None else f"{row.score:.{_SCORE_DECIMALS if self._fmt == 'csv' else 4}f}"
-        cells = (row.path, score, _blank(row.width), _blank(row.height), row.error)
-        return _csv_line(cells) if self._fmt == "csv" else self._table_line(cells)
-
-    def _table_line(self, cells: Sequence[str]) -> str:
-        path, score, width, height, error = cells
-        return f"{path:<{self._path_width}}  {score:>6}  {width:>5}  {height:>6}  {error}".rstrip() + "\n"
-
-
-def _record(row: Row) -> dict:
-    """A json row: missing values are null."""
-    return {"path": row.path, "score": None if row.score is None else round(row.score, _SCORE_DECIMALS),
-            "width": row.width, "height": row.height, "error": row.error or None}
-
-
-def _csv_line(cells: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(cells)
-    return buffer.getvalue()
-
-
-def _blank(value: Optional[int]) -> str:
-    return "" if value is None else str(value)
 
 
 class _Progress:
@@ -475,16 +213,18 @@ class _Progress:
         self._quiet = quiet
         self._bar = None
         if not quiet and sys.stderr.isatty():
-            from tqdm import tqdm
-
+            try:
+                from tqdm import tqdm  # installed with huggingface_hub, but not a promise of ours
+            except ImportError:
+                print(f"{PROG}: no progress bar: the 'tqdm' package is not installed", file=sys.stderr)
+                return
             self._bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
 
-    def advance(self, rows: Sequence[Row]) -> None:
-        for row in rows:
-            if row.error and not self._quiet:
-                self._message(f"{PROG}: {row.path}: {row.error}")
+    def advance(self, row: ScoreResult) -> None:
+        if row.error and not self._quiet:
+            self._message(f"{PROG}: {row.name}: {row.error}")
         if self._bar is not None:
-            self._bar.update(len(rows))
+            self._bar.update(1)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -507,11 +247,11 @@ def summary(scores: Sequence[float], failures: int) -> str:
     return "\n".join(lines)
 
 
-def _sorted_rows(rows: List[Row], key: str, reverse: bool) -> List[Row]:
+def _sorted_rows(rows: List[ScoreResult], key: str, reverse: bool) -> List[ScoreResult]:
     """Rows sorted by path, or by score with unscored rows last."""
     if key == "path":
-        return sorted(rows, key=lambda row: row.path, reverse=reverse)
-    scored = sorted((row for row in rows if row.score is not None), key=lambda row: (row.score, row.path),
+        return sorted(rows, key=lambda row: row.name, reverse=reverse)
+    scored = sorted((row for row in rows if row.score is not None), key=lambda row: (row.score, row.name),
                     reverse=reverse)
     return scored + [row for row in rows if row.score is None]
 
@@ -558,14 +298,20 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"no images found in {' '.join(args.paths)}")
     if args.shard:
         paths = [path for path in paths if in_shard(path, *args.shard)]
-    finished, has_content = read_finished(args.output, fmt) if args.resume else (set(), False)
+    try:
+        finished, has_content = prepare_resume(args.output, fmt) if args.resume else (set(), False)
+    except OutputFileError as error:
+        raise UsageError(str(error)) from None
     if finished:
         paths = [path for path in paths if path not in finished]
         if not args.quiet:
             print(f"{PROG}: resuming: {len(finished)} images already in {args.output}, {len(paths)} to score",
                   file=sys.stderr)
     scorer = _load_scorer(args, prompts)
-    stream = _open_output(args.output, append=args.resume)
+    try:
+        stream = open_output(args.output, append=args.resume)
+    except OutputFileError as error:
+        raise UsageError(str(error)) from None
     try:
         writer = RowWriter(stream, fmt, header=not has_content, path_width=max(map(len, paths), default=4))
         scores, failures = _score_and_write(scorer, paths, args, writer)
@@ -583,12 +329,7 @@ def _output_format(args: argparse.Namespace) -> str:
         raise UsageError(f"--min-score {args.min_score} is above --max-score {args.max_score}")
     if args.reverse and not args.sort:
         raise UsageError("--reverse needs --sort")
-    if args.format:
-        fmt = args.format
-    elif args.output:
-        fmt = _SUFFIX_FORMATS.get(os.path.splitext(args.output)[1].lower(), "csv")
-    else:
-        fmt = "table" if sys.stdout.isatty() else "csv"
+    fmt = choose_format(args.format, args.output, sys.stdout.isatty())
     if args.resume:
         if not args.output:
             raise UsageError("--resume needs -o FILE")
@@ -599,29 +340,33 @@ def _output_format(args: argparse.Namespace) -> str:
     return fmt
 
 
+def scorer_options(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str]]]) -> dict:
+    """The :class:`QualityScorer` arguments the options of :func:`add_scoring_options` ask for (unset ones left out)."""
+    options = dict(weights=args.weights, revision=args.revision, device=args.device, precision=args.precision,
+                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale,
+                   max_image_pixels=None if args.max_pixels is None else round(args.max_pixels * 1e6),
+                   model=getattr(args, "model", None), prompt_weights=getattr(args, "prompt_weights", None),
+                   prompt_revision=getattr(args, "prompt_revision", None))
+    return {"local_files_only": args.offline, **{k: v for k, v in options.items() if v is not None}}
+
+
 def _load_scorer(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str]]]) -> QualityScorer:
+    import warnings
+
     import torch
+    from PIL import Image
 
     from .scorer import QualityScorer
 
+    # Pillow warns about images over 89 Mpx; the scorer's own pixel limit decides what is scored, row by row.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    options = dict(weights=args.weights, revision=args.revision, device=args.device, precision=args.precision,
-                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale)
     try:
-        return QualityScorer(local_files_only=args.offline, **{k: v for k, v in options.items() if v is not None})
+        return QualityScorer(**scorer_options(args, prompts))
     except Exception as error:  # weights come from files and the network, which fail in many ways: one line each
         raise UsageError(f"cannot load the model: {first_line(error)}") from error
-
-
-def _open_output(path: Optional[str], append: bool) -> TextIO:
-    if path is None:
-        return sys.stdout
-    try:
-        return open(path, "a" if append else "w", encoding="utf-8", errors="surrogateescape", newline="")
-    except OSError as error:
-        raise UsageError(f"-o {path}: {error.strerror or first_line(error)}") from error
 
 
 def _score_and_write(scorer: QualityScorer, paths: Sequence[str], args: argparse.Namespace,
@@ -629,18 +374,21 @@ def _score_and_write(scorer: QualityScorer, paths: Sequence[str], args: argparse
     """Scores, reports and writes every path; returns the scores and the number of failures."""
     scores: List[float] = []
     failures = 0
-    held: List[Row] = []
+    held: List[ScoreResult] = []
     progress = _Progress(len(paths), args.quiet)
     try:
-        for rows in score_files(scorer, paths, args.workers):
-            progress.advance(rows)
-            scores.extend(row.score for row in rows if row.score is not None)
-            failures += sum(1 for row in rows if row.score is None)
-            listed = [row for row in rows if _in_range(row, args.min_score, args.max_score)]
-            if args.sort:
-                held.extend(listed)
+        for row in scorer.iter_scores(paths, workers=args.workers):
+            progress.advance(row)
+            if row.ok:
+                scores.append(row.score)
             else:
-                writer.write(listed)
+                failures += 1
+            if not _in_range(row, args.min_score, args.max_score):
+                continue
+            if args.sort:
+                held.append(row)
+            else:
+                writer.write([row])
         if args.sort:
             writer.write(_sorted_rows(held, args.sort, args.reverse))
     finally:
@@ -649,7 +397,7 @@ def _score_and_write(scorer: QualityScorer, paths: Sequence[str], args: argparse
     return scores, failures
 
 
-def _in_range(row: Row, low: Optional[float], high: Optional[float]) -> bool:
+def _in_range(row: ScoreResult, low: Optional[float], high: Optional[float]) -> bool:
     """Failed rows are always listed; scored rows when within ``[low, high]``."""
     if row.score is None:
         return True

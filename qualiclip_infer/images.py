@@ -1,4 +1,4 @@
-"""Turning user inputs (paths, PIL images, arrays, tensors) into RGB float tensors, and grouping them by size.
+"""Turning user inputs (paths, encoded bytes, PIL images, arrays, tensors) into RGB float tensors.
 
 Images keep their native resolution: QualiCLIP scores the whole picture, and resizing or padding would change
 the score.
@@ -6,8 +6,10 @@ the score.
 
 from __future__ import annotations
 
+import io
 import os
-from typing import List, Sequence, Tuple, Union
+import struct
+from typing import BinaryIO, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -16,7 +18,8 @@ from PIL import Image, ImageOps
 from ._errors import first_line
 from .model import MIN_IMAGE_SIDE
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray, torch.Tensor]
+EncodedImage = (bytes, bytearray, memoryview)
 
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
@@ -26,39 +29,92 @@ class ImageError(ValueError):
     """An input that cannot be scored; the message names the input and the cause on one line."""
 
 
-def open_image(path: Union[str, os.PathLike]) -> Image.Image:
-    """Decodes an image file to RGB, upright according to its EXIF orientation.
+def open_image(source: Union[str, os.PathLike, bytes, bytearray, memoryview], name: Optional[str] = None
+               ) -> Image.Image:
+    """Decodes an image file (a path, or its contents as bytes) to RGB, upright according to its EXIF orientation.
 
     Raises:
         ImageError: The file is missing, unreadable, not an image, truncated or a decompression bomb.
     """
+    name = name or _source_name(source)
     try:
-        with Image.open(path) as img:
+        with _open(source) as img:
             img = ImageOps.exif_transpose(img)
             return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as error:
-        raise ImageError(f"{os.fspath(path)}: {describe_error(error)}") from error
+    except Exception as error:  # Pillow's plugins raise many types on corrupt data; each is this input's failure
+        raise ImageError(f"{name}: {describe_error(error)}") from error
 
 
-def image_size(path: Union[str, os.PathLike]) -> Tuple[int, int]:
+def image_size(source: Union[str, os.PathLike, bytes, bytearray, memoryview], name: Optional[str] = None
+               ) -> Tuple[int, int]:
     """``(width, height)`` of an image file once upright, read from its header without decoding pixels.
 
     Raises:
         ImageError: The file is missing or not an image.
     """
+    name = name or _source_name(source)
     try:
-        with Image.open(path) as img:
+        with _open(source) as img:
             return upright_size(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as error:
-        raise ImageError(f"{os.fspath(path)}: {describe_error(error)}") from error
+    except Exception as error:  # as in open_image: any failure to read a header is this input's failure
+        raise ImageError(f"{name}: {describe_error(error)}") from error
+
+
+def _open(source: Union[str, os.PathLike, bytes, bytearray, memoryview]) -> Image.Image:
+    if isinstance(source, EncodedImage):
+        return Image.open(io.BytesIO(source))
+    return Image.open(source)
+
+
+def _source_name(source: object) -> str:
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image bytes"
 
 
 def upright_size(img: Image.Image) -> Tuple[int, int]:
-    """``(width, height)`` of a PIL image after its EXIF orientation is applied."""
+    """``(width, height)`` of a PIL image after its EXIF orientation is applied, without decoding its pixels."""
     width, height = img.size
-    if img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
+    if getattr(img, "_tile_size", None) not in (None, img.size):
+        # Newer Pillow TIFF readers report the upright size and rotate while decoding; older ones do neither.
+        return width, height
+    if _orientation(img) in _TRANSPOSING_ORIENTATIONS:
         return height, width
     return width, height
+
+
+def _orientation(img: Image.Image) -> Optional[int]:
+    """The EXIF orientation of an opened image, read without loading pixels.
+
+    ``getexif()`` decodes a PNG whose ``eXIf`` chunk was not seen before the image data (Pillow must read past the
+    data to find it), so for PNG files the chunks are walked by seeking over the data instead.
+    """
+    if img.format == "PNG" and "exif" not in img.info and getattr(img, "fp", None) is not None:
+        exif = _png_exif_chunk(img.fp)
+        if exif is None:
+            return Image.Image.getexif(img).get(_EXIF_ORIENTATION)  # XMP orientation, no pixel decode
+        parsed = Image.Exif()
+        parsed.load(exif)
+        return parsed.get(_EXIF_ORIENTATION)
+    return img.getexif().get(_EXIF_ORIENTATION)
+
+
+def _png_exif_chunk(fp: BinaryIO) -> Optional[bytes]:
+    """The ``eXIf`` chunk of a PNG file, found by skipping from chunk header to chunk header."""
+    position = fp.tell()
+    try:
+        fp.seek(8)  # the PNG signature
+        while True:
+            header = fp.read(8)
+            if len(header) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", header)
+            if kind == b"eXIf":
+                data = fp.read(length)
+                return data if len(data) == length else None
+            if kind == b"IEND":
+                return None
+            fp.seek(length + 4, os.SEEK_CUR)  # data and CRC
+    finally:
+        fp.seek(position)
 
 
 def input_size(image: ImageInput, name: str = "image") -> Tuple[int, int]:
@@ -67,8 +123,8 @@ def input_size(image: ImageInput, name: str = "image") -> Tuple[int, int]:
     Raises:
         ImageError: An unsupported type, or a file that is missing or not an image.
     """
-    if isinstance(image, (str, os.PathLike)):
-        return image_size(image)
+    if isinstance(image, (str, os.PathLike, *EncodedImage)):
+        return image_size(image, name)
     if isinstance(image, Image.Image):
         return upright_size(image)
     if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim >= 2:
@@ -77,10 +133,27 @@ def input_size(image: ImageInput, name: str = "image") -> Tuple[int, int]:
     raise unsupported_input(image, name)
 
 
+def probe(image: ImageInput, name: str, max_pixels: Optional[int] = None) -> Tuple[int, int]:
+    """The upright ``(width, height)`` of an input, from its header only, once it is known to be scoreable by size.
+
+    Args:
+        image: Any supported input.
+        name: How the error message names the input.
+        max_pixels: Refuse images with more pixels (``None``: no limit).
+
+    Raises:
+        ImageError: The input is unreadable, of an unsupported type, under 32 pixels on a side, or over
+            ``max_pixels``.
+    """
+    width, height = input_size(image, name)
+    check_size(width, height, name, max_pixels)
+    return width, height
+
+
 def unsupported_input(image: object, name: str) -> ImageError:
     """The error for an input of a type the scorer does not take."""
-    return ImageError(f"{name}: unsupported input type {type(image).__name__}; expected a path, PIL image, "
-                      f"uint8 numpy array or float tensor")
+    return ImageError(f"{name}: unsupported input type {type(image).__name__}; expected a path, encoded image "
+                      f"bytes, PIL image, uint8 numpy array or float tensor")
 
 
 def describe_error(error: BaseException) -> str:
@@ -92,7 +165,7 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, PermissionError):
         return "permission denied"
     if isinstance(error, Image.DecompressionBombError):
-        return "refused: too many pixels (possible decompression bomb)"
+        return f"refused by Pillow as a possible decompression bomb: {first_line(error)}"
     if isinstance(error, Image.UnidentifiedImageError):
         return "not an image file Pillow can read"
     return f"cannot decode: {first_line(error)}"
@@ -136,11 +209,14 @@ def check_tensor(tensor: torch.Tensor, name: str = "tensor") -> torch.Tensor:
     return tensor
 
 
-def check_size(width: int, height: int, name: str) -> None:
-    """Raises :class:`ImageError` for an image the network cannot pool (a side under 32 pixels)."""
+def check_size(width: int, height: int, name: str, max_pixels: Optional[int] = None) -> None:
+    """Raises :class:`ImageError` for an image the network cannot pool (a side under 32 pixels) or too large."""
     if min(width, height) < MIN_IMAGE_SIDE:
         raise ImageError(f"{name}: image is {width}x{height}; QualiCLIP needs at least "
                          f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(f"{name}: image is {width}x{height} ({width * height / 1e6:.3g} Mpx), over the limit of "
+                         f"{max_pixels / 1e6:.3g} Mpx per image (max_image_pixels / --max-pixels)")
 
 
 def to_tensor(image: ImageInput, name: str = "image") -> torch.Tensor:
@@ -149,8 +225,8 @@ def to_tensor(image: ImageInput, name: str = "image") -> torch.Tensor:
     Raises:
         ImageError: An unsupported type, an undecodable file, or an image under 32x32.
     """
-    if isinstance(image, (str, os.PathLike)):
-        tensor = pil_to_tensor(open_image(image))
+    if isinstance(image, (str, os.PathLike, *EncodedImage)):
+        tensor = pil_to_tensor(open_image(image, name))
     elif isinstance(image, Image.Image):
         tensor = pil_to_tensor(ImageOps.exif_transpose(image))
     elif isinstance(image, np.ndarray):
@@ -165,23 +241,7 @@ def to_tensor(image: ImageInput, name: str = "image") -> torch.Tensor:
     return tensor
 
 
-def size_batches(sizes: Sequence[Tuple[int, int]], batch_size: int, max_batch_pixels: int) -> List[List[int]]:
-    """Groups indices of equally sized images into batches, in order of first appearance.
-
-    A batch holds at most ``batch_size`` images and, beyond its first image, at most ``max_batch_pixels`` pixels,
-    so that large photos do not exhaust memory.
-    """
-    by_size: dict[Tuple[int, int], List[int]] = {}
-    for index, size in enumerate(sizes):
-        by_size.setdefault(tuple(size), []).append(index)
-    batches = []
-    for (width, height), indices in by_size.items():
-        per_batch = max(1, min(batch_size, max_batch_pixels // max(1, width * height)))
-        batches.extend(indices[i:i + per_batch] for i in range(0, len(indices), per_batch))
-    return batches
-
-
 def name_of(image: ImageInput, index: int) -> str:
-    """How errors refer to an input: its path, else its position."""
+    """How errors refer to an input: its path, else its position in the input list."""
     return os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"input[{index}]"
 

@@ -9,6 +9,7 @@ over all tokens (to float rounding) while time and memory grow linearly with the
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -193,10 +194,15 @@ class QualiCLIP(nn.Module):
         return self.visual(normalized)
 
     def score_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Scores image features: mean over prompt pairs of the softmax probability of the positive prompt."""
-        features = F.normalize(features.float(), dim=-1)
-        logits = self.logit_scale * features @ self.prompt_features.T
-        return logits.view(-1, self.num_pairs, 2).softmax(dim=-1)[..., 0].mean(dim=1)
+        """Scores image features: mean over prompt pairs of the softmax probability of the positive prompt.
+
+        Always in fp32, even under autocast: at a logit scale of 100, bf16 cosines would move logits by ~0.03.
+        """
+        device_type = features.device.type
+        with torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else nullcontext():
+            features = F.normalize(features.float(), dim=-1)
+            logits = self.logit_scale * features @ self.prompt_features.float().T
+            return logits.view(-1, self.num_pairs, 2).softmax(dim=-1)[..., 0].mean(dim=1)
 
     def forward(self, normalized: torch.Tensor) -> torch.Tensor:
         """Scores CLIP-normalised images ``N x 3 x H x W`` (H, W >= 32), returning ``(N,)`` values in [0, 1]."""

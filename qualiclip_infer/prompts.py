@@ -1,16 +1,30 @@
-"""Antonym prompt pairs and their text features, encoded once per checkpoint and cached in memory and on disk."""
+"""Antonym prompt pairs and their text features, encoded once per checkpoint and cached in memory and on disk.
+
+Besides plain prompt strings, this module encodes *learned* prompts (QualiCLIP+, CLIP-IQA+): each prompt's own
+tokens sit between two halves of a learned context of word embeddings, in this order: the start token, the first
+half of the context, the prompt's tokens, the second half, then the end token and padding. The text feature is the
+text tower's output at the end token, projected, as for any CLIP prompt.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from .weights import Checkpoint
+from .weights import Checkpoint, CheckpointError, describe_content, file_sha256, read_tensor_file
+
+if TYPE_CHECKING:
+    from open_clip import CLIP
+
+    from .presets import Preset
 
 PromptPair = Tuple[str, str]
 
@@ -49,6 +63,13 @@ def interleave(pairs: Sequence[PromptPair]) -> list[str]:
     return [text for pair in pairs for text in pair]
 
 
+def build_text_tower(checkpoint: Checkpoint) -> CLIP:
+    """open_clip's CLIP with the checkpoint's weights, for its frozen text tower; callers free it after use."""
+    clip = checkpoint.architecture.build_clip()
+    clip.load_state_dict(checkpoint.clip_state, strict=True)
+    return clip.eval().requires_grad_(False)
+
+
 def encode_prompts(checkpoint: Checkpoint, pairs: Sequence[PromptPair]) -> torch.Tensor:
     """Runs CLIP's text tower on the prompts: ``(2P, D)`` L2-normalised features, pairs interleaved.
 
@@ -56,11 +77,10 @@ def encode_prompts(checkpoint: Checkpoint, pairs: Sequence[PromptPair]) -> torch
     """
     import open_clip
 
-    clip = checkpoint.architecture.build_clip()
-    clip.load_state_dict(checkpoint.clip_state, strict=True)
+    clip = build_text_tower(checkpoint)
     tokens = open_clip.tokenize(interleave(pairs), context_length=checkpoint.architecture.context_length)
     with torch.no_grad():
-        return clip.eval().encode_text(tokens, normalize=True).float()
+        return clip.encode_text(tokens, normalize=True).float()
 
 
 def prompt_cache_dir() -> Path:
@@ -77,20 +97,212 @@ def prompt_features(checkpoint: Checkpoint, pairs: Optional[Sequence[Sequence[st
 
     Encoded features are keyed by the checkpoint file's hash and the exact prompt strings, and kept in memory and
     under ``cache_dir`` (default :func:`prompt_cache_dir`), so the text tower runs once per (weights, prompts).
+
+    Raises:
+        CheckpointError: ``pairs`` is ``None`` but the checkpoint stores no prompt features (a plain CLIP file).
     """
     if pairs is None:
+        if checkpoint.prompt_features is None:
+            raise CheckpointError(f"{checkpoint.path}: stores no prompt features (a plain CLIP file, not a QualiCLIP "
+                                  f"checkpoint); pass prompts, or use model='clipiqa'")
         return checkpoint.prompt_features
     pairs = as_prompt_pairs(pairs)
-    key = hashlib.sha256(json.dumps({"weights": checkpoint.sha256(), "prompts": pairs}).encode()).hexdigest()
-    if key in _memory_cache:
-        return _memory_cache[key]
-    file = Path(cache_dir or prompt_cache_dir()) / "prompt_features" / f"{key}.pt"
-    features = _read_cached(file, pairs, checkpoint.architecture.embed_dim)
+    key = {"weights": checkpoint.sha256(), "prompts": pairs}
+    return _cached(key, pairs, checkpoint.architecture.embed_dim, cache_dir, lambda: encode_prompts(checkpoint, pairs))
+
+
+def _cached(key: dict, pairs: Tuple[PromptPair, ...], embed_dim: int, cache_dir: Union[str, os.PathLike, None],
+            encode: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Features from the memory cache, else the disk cache, else ``encode()`` (then stored in both)."""
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()
+    if digest in _memory_cache:
+        return _memory_cache[digest]
+    file = Path(cache_dir or prompt_cache_dir()) / "prompt_features" / f"{digest}.pt"
+    features = _read_cached(file, pairs, embed_dim)
     if features is None:
-        features = encode_prompts(checkpoint, pairs)
+        features = encode()
         _write_cached(file, pairs, features)
-    _memory_cache[key] = features
+    _memory_cache[digest] = features
     return features
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Learned prompts (QualiCLIP+, CLIP-IQA+)
+
+# The official prompt learners tokenise "X X ... X <prompt>" so that the context slots have token positions.
+_CONTEXT_PLACEHOLDER = "X"
+_PER_PROMPT_KEYS = ("prompt_learner.ctx", "prompt_learner.token_prefix", "prompt_learner.token_suffix")
+
+
+@dataclass(frozen=True)
+class LearnedContext:
+    """A learned prompt context, read and checked.
+
+    Attributes:
+        path: The file it was read from.
+        context: ``(n_ctx, W)`` shared by every prompt (CLIP-IQA+), or ``(P, n_ctx, W)``, one per prompt
+            (QualiCLIP+), in float32.
+        prefix: ``(P, 1, W)`` start-token embeddings stored with a per-prompt context, else ``None``.
+        suffix: ``(P, L - 1 - n_ctx, W)`` embeddings of the prompt's tokens, end token and padding stored with a
+            per-prompt context, else ``None``.
+    """
+
+    path: Path
+    context: torch.Tensor
+    prefix: Optional[torch.Tensor] = None
+    suffix: Optional[torch.Tensor] = None
+
+    @property
+    def n_ctx(self) -> int:
+        return self.context.shape[-2]
+
+
+def read_learned_context(path: Union[str, os.PathLike]) -> LearnedContext:
+    """Reads a learned-prompt file safely: a CLIP-IQA+ context tensor or a QualiCLIP+ prompt learner.
+
+    The two published formats: ``CLIP-IQA+_learned_prompts-*.pth`` holds one ``(16, 512)`` tensor;
+    ``QualiCLIP+_*.pth`` holds ``{"params": {"prompt_learner.ctx": (14, 16, 512), "prompt_learner.token_prefix":
+    (14, 1, 512), "prompt_learner.token_suffix": (14, 60, 512)}}``. Half precision is cast to float32.
+
+    Raises:
+        CheckpointError: Anything else; the message names the file and what it holds.
+    """
+    path = Path(path)
+    content = read_tensor_file(path)
+    expected = (f"expected one (n_ctx, width) context tensor (CLIP-IQA+) or "
+                f"{{'params': {{{', '.join(_PER_PROMPT_KEYS)}}}}} (QualiCLIP+)")
+    if isinstance(content, torch.Tensor):
+        if content.ndim != 2 or not content.is_floating_point():
+            raise CheckpointError(f"{path}: not a learned prompt context: holds {describe_content(content)}; "
+                                  f"{expected}")
+        return LearnedContext(path, content.float())
+    params = content.get("params") if isinstance(content, Mapping) else None
+    if not isinstance(params, Mapping):
+        raise CheckpointError(f"{path}: not a learned prompt file: holds {describe_content(content)}; {expected}")
+    if sorted(map(str, params)) != sorted(_PER_PROMPT_KEYS) or not all(isinstance(v, torch.Tensor)
+                                                                       for v in params.values()):
+        raise CheckpointError(f"{path}: not a QualiCLIP+ prompt learner: 'params' holds "
+                              f"{describe_content(params)}; {expected}")
+    context, prefix, suffix = (params[key].float() for key in _PER_PROMPT_KEYS)
+    prompts = context.shape[0] if context.ndim == 3 else -1
+    width = context.shape[-1]
+    if (context.ndim != 3 or tuple(prefix.shape) != (prompts, 1, width) or suffix.ndim != 3
+            or tuple(suffix.shape[::2]) != (prompts, width)):
+        raise CheckpointError(f"{path}: prompt learner shapes ctx {tuple(context.shape)}, token_prefix "
+                              f"{tuple(prefix.shape)}, token_suffix {tuple(suffix.shape)}; expected (P, n_ctx, W), "
+                              f"(P, 1, W) and (P, L - 1 - n_ctx, W)")
+    return LearnedContext(path, context, prefix, suffix)
+
+
+def learned_prompt_embeddings(checkpoint: Checkpoint, learned: LearnedContext,
+                              pairs: Sequence[PromptPair]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The token embeddings of the learned prompts and their token ids (for the end-token position).
+
+    Returns:
+        ``(2P, L, W)`` embeddings in the order start token, ``context[:n_ctx // 2]``, the prompt's tokens,
+        ``context[n_ctx // 2:]``, end token and padding; and the ``(2P, L)`` token ids of
+        ``"X " * n_ctx + prompt``, whose largest value marks the end token, as CLIP reads it.
+
+    Raises:
+        CheckpointError: The context does not fit the checkpoint's text tower or the number of prompts.
+    """
+    import open_clip
+
+    texts = interleave(pairs)
+    arch = checkpoint.architecture
+    n_ctx, half = learned.n_ctx, learned.n_ctx // 2
+    if learned.context.shape[-1] != arch.text_width:
+        raise CheckpointError(f"{learned.path}: context width {learned.context.shape[-1]} does not match the text "
+                              f"tower of {checkpoint.path} (width {arch.text_width})")
+    if learned.context.ndim == 3 and learned.context.shape[0] != len(texts):
+        raise CheckpointError(f"{learned.path}: holds contexts for {learned.context.shape[0]} prompts, the model has "
+                              f"{len(texts)}")
+    placeholders = " ".join([_CONTEXT_PLACEHOLDER] * n_ctx)
+    tokens = open_clip.tokenize([f"{placeholders} {text}" for text in texts], context_length=arch.context_length)
+    alone = open_clip.tokenize(texts, context_length=arch.context_length)
+    prompt_lengths = [int((ids != 0).sum()) - 2 for ids in alone]  # without the start and end tokens
+    for text, ids, length in zip(texts, tokens, prompt_lengths):
+        if int(ids.argmax()) != 1 + n_ctx + length:
+            raise CheckpointError(f"{learned.path}: the prompt {text!r} with {n_ctx} context tokens does not fit "
+                                  f"{arch.context_length} tokens")
+    if learned.prefix is None:
+        embedded = F.embedding(tokens, checkpoint.clip_state["token_embedding.weight"].float())
+        prefix, suffix = embedded[:, :1], embedded[:, 1 + n_ctx:]
+        context = learned.context.expand(len(texts), -1, -1)
+    else:
+        if 1 + n_ctx + learned.suffix.shape[1] != arch.context_length:
+            raise CheckpointError(f"{learned.path}: 1 + {n_ctx} + {learned.suffix.shape[1]} prompt positions, the text "
+                                  f"tower of {checkpoint.path} has {arch.context_length}")
+        prefix, suffix, context = learned.prefix, learned.suffix, learned.context
+    embeddings = torch.stack([
+        torch.cat([prefix[i], context[i, :half], suffix[i, :length], context[i, half:], suffix[i, length:]])
+        for i, length in enumerate(prompt_lengths)
+    ])
+    return embeddings, tokens
+
+
+class _GivenEmbeddings(nn.Module):
+    """Stands in for the token-embedding table: returns prepared embeddings for the token ids they belong to."""
+
+    def __init__(self, embeddings: torch.Tensor, tokens: torch.Tensor):
+        super().__init__()
+        self.embeddings, self.tokens = embeddings, tokens
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not torch.equal(tokens, self.tokens):
+            raise RuntimeError("learned prompt embeddings were asked for other tokens than they were built for")
+        return self.embeddings
+
+
+def encode_learned_prompts(checkpoint: Checkpoint, learned: LearnedContext,
+                           pairs: Sequence[PromptPair]) -> torch.Tensor:
+    """``(2P, D)`` L2-normalised features of learned prompts, through the checkpoint's frozen text tower.
+
+    open_clip's own ``encode_text`` runs them (positional embedding, causal transformer, final norm, end-token
+    feature, projection), fed the assembled embeddings in place of its token-embedding lookup.
+    """
+    embeddings, tokens = learned_prompt_embeddings(checkpoint, learned, pairs)
+    clip = build_text_tower(checkpoint)
+    clip.token_embedding = _GivenEmbeddings(embeddings, tokens)
+    with torch.no_grad():
+        return clip.encode_text(tokens, normalize=True).float()
+
+
+def learned_prompt_features(checkpoint: Checkpoint, prompt_file: Union[str, os.PathLike],
+                            pairs: Sequence[PromptPair], model: str,
+                            cache_dir: Union[str, os.PathLike, None] = None) -> torch.Tensor:
+    """Features of learned prompts, encoded once per (weights file, prompt file, model) and cached like custom ones.
+
+    On a cache hit neither the prompt file is read nor the text tower built.
+    """
+    pairs = as_prompt_pairs(pairs)
+    key = {"weights": checkpoint.sha256(), "prompt_weights": file_sha256(prompt_file), "model": model,
+           "prompts": pairs}
+    return _cached(key, pairs, checkpoint.architecture.embed_dim, cache_dir,
+                   lambda: encode_learned_prompts(checkpoint, read_learned_context(prompt_file), pairs))
+
+
+def preset_text_features(preset: Preset, checkpoint: Checkpoint, pairs: Optional[Tuple[PromptPair, ...]],
+                         prompt_file: Optional[Path],
+                         cache_dir: Union[str, os.PathLike, None] = None
+                         ) -> Tuple[torch.Tensor, Optional[Tuple[PromptPair, ...]]]:
+    """The text features a preset scores against, and the prompt pairs they stand for (``None`` if unknown).
+
+    Args:
+        preset: The model preset.
+        checkpoint: The weights.
+        pairs: Custom prompt pairs replacing the preset's (not for learned prompts), or ``None``.
+        prompt_file: The learned-context file, for a preset with learned prompts.
+        cache_dir: Prompt-feature cache folder (default :func:`prompt_cache_dir`).
+    """
+    if preset.text_side == "learned":
+        return learned_prompt_features(checkpoint, prompt_file, preset.pairs, preset.name, cache_dir), preset.pairs
+    if pairs is None and preset.text_side == "encoded":
+        pairs = preset.pairs
+    features = prompt_features(checkpoint, pairs, cache_dir)
+    if pairs is None and features.shape[0] == 2 * len(preset.pairs):
+        pairs = preset.pairs
+    return features, pairs
 
 
 def _read_cached(file: Path, pairs: Tuple[PromptPair, ...], embed_dim: int) -> Optional[torch.Tensor]:

@@ -7,7 +7,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import List, Literal, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -15,10 +15,11 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .images import (ImageError, ImageInput, check_tensor, input_size, name_of, size_batches, to_tensor,
-                     unsupported_input)
-from .model import OFFICIAL_LOGIT_SCALE, QualiCLIP
-from .prompts import OFFICIAL_PROMPT_PAIRS, PromptPair, as_prompt_pairs, prompt_features
+from .engine import ScoreResult, iter_scores
+from .images import EncodedImage, ImageError, ImageInput, check_size, check_tensor, unsupported_input
+from .model import QualiCLIP
+from .presets import DEFAULT_MODEL, get_preset
+from .prompts import PromptPair, as_prompt_pairs, preset_text_features
 from .weights import WeightsSpec, load_checkpoint, resolve_weights
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -31,6 +32,10 @@ DEFAULT_MAX_BATCH_PIXELS = 16 * 2**20
 # 2 Xeon cores: 224x224 fastest in batches of 4-8, 512x384 and up no faster in pairs). 0.5 Mpx batches ten 224x224
 # images and gives photos of 0.5 Mpx and more a batch each, which also bounds memory.
 DEFAULT_MAX_BATCH_PIXELS_CPU = 2**19
+# Scoring one image costs about 200 MiB of activations per megapixel in fp32 (benchmarks/RESULTS.md, "Memory per
+# megapixel"), on top of ~1.1 GB for the process and model. 48 Mpx (a 8000x6000 photo) then peaks near 11 GB, so a CPU
+# run on a 16 GB machine survives the largest image it accepts; larger ones become error rows instead of an OOM kill.
+DEFAULT_MAX_IMAGE_PIXELS = 48_000_000
 
 
 def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
@@ -79,9 +84,12 @@ def _check_precision(precision: str, device: torch.device) -> None:
 def load_model(
     weights: WeightsSpec = None,
     *,
+    model: str = DEFAULT_MODEL,
+    prompt_weights: WeightsSpec = None,
     prompts: Optional[Sequence[Sequence[str]]] = None,
-    logit_scale: float = OFFICIAL_LOGIT_SCALE,
+    logit_scale: Optional[float] = None,
     revision: Optional[str] = None,
+    prompt_revision: Optional[str] = None,
     cache_dir: Union[str, os.PathLike, None] = None,
     local_files_only: bool = False,
 ) -> QualiCLIP:
@@ -90,23 +98,30 @@ def load_model(
     It maps CLIP-normalised ``N x 3 x H x W`` tensors to ``(N,)`` scores, like the official torch.hub model.
     Arguments are those of :class:`QualityScorer`.
     """
-    return _load(weights, prompts, logit_scale, revision=revision, cache_dir=cache_dir,
+    return _load(weights, prompts, logit_scale, model=model, prompt_weights=prompt_weights,
+                 prompt_revision=prompt_revision, revision=revision, cache_dir=cache_dir,
                  local_files_only=local_files_only)[0]
 
 
-def _load(weights: WeightsSpec, prompts, logit_scale: float,
+def _load(weights: WeightsSpec, prompts, logit_scale: Optional[float], *, model: str = DEFAULT_MODEL,
+          prompt_weights: WeightsSpec = None, prompt_revision: Optional[str] = None,
           **where) -> Tuple[QualiCLIP, Optional[Tuple[PromptPair, ...]], Path]:
     """The model, the prompt pairs it scores against (``None`` if unnamed) and the weights file."""
+    preset = get_preset(model)
     custom_pairs = None if prompts is None else as_prompt_pairs(prompts)
-    path = resolve_weights(weights, **where)
+    preset.check_options(custom_pairs, prompt_weights, prompt_revision)
+    path = resolve_weights(weights, default=preset.weights, **where)
     checkpoint = load_checkpoint(path)
+    prompt_file = None
+    if preset.prompt_file is not None:
+        prompt_file = resolve_weights(prompt_weights, **{**where, "revision": prompt_revision},
+                                      default=preset.prompt_file, option="prompt_weights")
     with torch.device("meta"):
         image_tower = checkpoint.architecture.build_image_tower()
     image_tower.load_state_dict(checkpoint.image_tower_state(), strict=True, assign=True)
-    model = QualiCLIP(image_tower, prompt_features(checkpoint, custom_pairs), logit_scale)
-    if custom_pairs is None and checkpoint.prompt_features.shape[0] == 2 * len(OFFICIAL_PROMPT_PAIRS):
-        custom_pairs = OFFICIAL_PROMPT_PAIRS
-    return model.eval().requires_grad_(False), custom_pairs, path
+    features, pairs = preset_text_features(preset, checkpoint, custom_pairs, prompt_file)
+    scale = preset.logit_scale(checkpoint) if logit_scale is None else logit_scale
+    return QualiCLIP(image_tower, features, scale).eval().requires_grad_(False), pairs, path
 
 
 def _fold_batch_norms(module: nn.Module) -> None:
@@ -137,21 +152,30 @@ class QualityScorer:
         0.73
 
     Args:
-        weights: ``None`` for the official ``QualiCLIP.pth`` from the Hugging Face Hub (downloaded once, then
-            cached), a local ``.pth``/``.safetensors`` checkpoint in the official format, or
+        weights: ``None`` for the model's published weights from the Hugging Face Hub (downloaded once, then
+            cached; ``QualiCLIP.pth`` for ``qualiclip``), a local ``.pth``/``.safetensors`` checkpoint in the
+            official format (or, for ``clipiqa``/``clipiqa+``, an OpenAI-layout CLIP file), or
             ``hf-hub:ORG/REPO/FILE[@REVISION]``.
+        model: A preset of :data:`qualiclip_infer.presets.PRESETS`: ``qualiclip`` (the official model),
+            ``qualiclip+koniq``, ``qualiclip+clive``, ``qualiclip+flive``, ``qualiclip+spaq``, ``clipiqa`` or
+            ``clipiqa+``.
+        prompt_weights: For the models with learned prompts (``qualiclip+*``, ``clipiqa+``): ``None`` for the
+            published file, a local path, or ``hf-hub:ORG/REPO/FILE[@REVISION]``.
         device: ``auto`` (CUDA, else MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         precision: ``fp32`` (exact), or ``fp16``/``bf16`` autocast where the device supports it.
         prompts: ``None`` for the official pairs (features stored in the checkpoint), or a list of
             ``(positive, negative)`` strings, encoded once with the checkpoint's text tower and cached.
         batch_size: Most images run through the network at once (only images of equal size share a batch).
-        revision: Hub branch, tag or commit to pin.
-        cache_dir: Hugging Face cache folder for the download.
+        revision: Hub branch, tag or commit to pin for ``weights``.
+        prompt_revision: Hub branch, tag or commit to pin for ``prompt_weights``.
+        cache_dir: Hugging Face cache folder for the downloads.
         local_files_only: Never touch the network; the Hub file must already be cached.
-        logit_scale: Scale of the cosine similarities; 100 is the official model, 50 equals pyiqa's
-            ``qualiclip`` (which divides by a temperature of 2).
+        logit_scale: Scale of the cosine similarities; ``None`` for the model's own (100 for ``qualiclip``, the
+            official model; pyiqa's for the others). 50 equals pyiqa's ``qualiclip`` (a temperature of 2).
         max_batch_pixels: Cap on pixels in one batch, so large photos are batched fewer at a time; default 0.5 Mpx
             on the CPU, 16 Mpx elsewhere.
+        max_image_pixels: Images with more pixels are refused (an error for that image) rather than risking the
+            process running out of memory; default 48 Mpx. ``None`` disables the limit.
 
     Raises:
         WeightsNotFoundError: The weights are not available (see the message for how to get them).
@@ -163,15 +187,19 @@ class QualityScorer:
         self,
         weights: WeightsSpec = None,
         *,
+        model: str = DEFAULT_MODEL,
+        prompt_weights: WeightsSpec = None,
         device: Union[str, torch.device] = "auto",
         precision: Precision = "fp32",
         prompts: Optional[Sequence[Sequence[str]]] = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         revision: Optional[str] = None,
+        prompt_revision: Optional[str] = None,
         cache_dir: Union[str, os.PathLike, None] = None,
         local_files_only: bool = False,
-        logit_scale: float = OFFICIAL_LOGIT_SCALE,
+        logit_scale: Optional[float] = None,
         max_batch_pixels: Optional[int] = None,
+        max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -182,17 +210,23 @@ class QualityScorer:
         if max_batch_pixels is None:
             max_batch_pixels = DEFAULT_MAX_BATCH_PIXELS_CPU if self.device.type == "cpu" else DEFAULT_MAX_BATCH_PIXELS
         self.max_batch_pixels = int(max_batch_pixels)
+        if max_image_pixels is not None and max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be positive or None, got {max_image_pixels}")
+        self.max_image_pixels = None if max_image_pixels is None else int(max_image_pixels)
 
-        self.model, self.prompts, self.weights_path = _load(weights, prompts, logit_scale, revision=revision,
-                                                            cache_dir=cache_dir, local_files_only=local_files_only)
+        self.model_name = model
+        self.model, self.prompts, self.weights_path = _load(
+            weights, prompts, logit_scale, model=model, prompt_weights=prompt_weights, prompt_revision=prompt_revision,
+            revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
         _fold_batch_norms(self.model.visual)
         # oneDNN and cuDNN convolutions run faster on NHWC tensors (about 1.3x for RN50 on a CPU); same results.
         self._memory_format = torch.channels_last if self.device.type in ("cpu", "cuda") else torch.contiguous_format
         self.model.to(self.device, memory_format=self._memory_format)
 
     def __repr__(self) -> str:
-        return (f"QualityScorer(weights={str(self.weights_path)!r}, device={str(self.device)!r}, "
-                f"precision={self.precision!r}, pairs={self.model.num_pairs}, logit_scale={self.model.logit_scale})")
+        return (f"QualityScorer(model={self.model_name!r}, weights={str(self.weights_path)!r}, "
+                f"device={str(self.device)!r}, precision={self.precision!r}, pairs={self.model.num_pairs}, "
+                f"logit_scale={self.model.logit_scale})")
 
     def score_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """Scores one batch of equally sized images.
@@ -212,8 +246,9 @@ class QualityScorer:
         """Scores one image, a list of images, or a batch tensor.
 
         Args:
-            images: A path, PIL image, uint8 numpy array (``HxW``/``HxWx3``), float tensor ``3xHxW`` in [0, 1],
-                a list of any of those (sizes may differ), or a float tensor ``Nx3xHxW`` in [0, 1].
+            images: A path, encoded image bytes, PIL image, uint8 numpy array (``HxW``/``HxWx3``), float tensor
+                ``3xHxW`` in [0, 1], a list of any of those (sizes may differ), or a float tensor ``Nx3xHxW`` in
+                [0, 1].
             on_error: For a list, ``raise`` stops at the first input that cannot be scored; ``nan`` gives that
                 input a NaN score (with a warning naming it) and scores the rest.
 
@@ -226,45 +261,51 @@ class QualityScorer:
         """
         if isinstance(images, torch.Tensor) and images.ndim == 4:
             check_tensor(images, "batch")
+            check_size(images.shape[-1], images.shape[-2], "batch", self.max_image_pixels)
             chunks = [self.score_tensor(chunk) for chunk in images.split(self.batch_size)]
             return torch.cat(chunks) if chunks else torch.empty(0)
-        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
-            return float(self.score_tensor(to_tensor(images, name_of(images, 0))[None])[0])
+        if isinstance(images, (str, os.PathLike, *EncodedImage, Image.Image, np.ndarray, torch.Tensor)):
+            images, single = [images], True
+        else:
+            single = False
         if on_error not in ("raise", "nan"):
             raise ValueError(f"on_error must be 'raise' or 'nan', got {on_error!r}")
         try:
             items = list(images)
         except TypeError:
             raise unsupported_input(images, "input") from None
-        return self._score_list(items, on_error)
+        scores = []
+        for result in self.iter_scores(items):
+            if not result.ok:
+                error = ImageError(f"{result.name}: {result.error}")
+                if single or on_error == "raise":
+                    raise error
+                warnings.warn(f"not scored: {error}", stacklevel=2)
+            scores.append(math.nan if result.score is None else result.score)
+        return scores[0] if single else scores
 
-    def _score_list(self, images: List[ImageInput], on_error: str) -> List[float]:
-        scores = [math.nan] * len(images)
-        sizes: dict[int, Tuple[int, int]] = {}
-        for index, image in enumerate(images):
-            try:
-                sizes[index] = input_size(image, name_of(image, index))
-            except ImageError as error:
-                self._fail(error, on_error)
-        indices = list(sizes)
-        for batch in size_batches([sizes[i] for i in indices], self.batch_size, self.max_batch_pixels):
-            decoded = {}
-            for position in batch:
-                index = indices[position]
-                try:
-                    decoded[index] = to_tensor(images[index], name_of(images[index], index))
-                except ImageError as error:
-                    self._fail(error, on_error)
-            if decoded:
-                for index, value in zip(decoded, self.score_tensor(torch.stack(list(decoded.values())))):
-                    scores[index] = float(value)
-        return scores
+    def iter_scores(self, inputs: Iterable[ImageInput], *, names: Optional[Sequence[str]] = None,
+                    workers: Optional[int] = None) -> Iterator[ScoreResult]:
+        """Scores any number of inputs through the streaming engine, yielding one result per input in input order.
 
-    @staticmethod
-    def _fail(error: ImageError, on_error: str) -> None:
-        if on_error == "raise":
-            raise error
-        warnings.warn(f"not scored: {error}", stacklevel=3)
+        Headers are read first and images of equal size share batches; a pool of threads decodes the next batches
+        while the model runs. An input that cannot be scored (unreadable, corrupt, too small, over
+        ``max_image_pixels``, out of memory even on its own) gets a result with an ``error`` and the run goes on.
+
+        Example:
+            >>> for result in scorer.iter_scores(paths):
+            ...     print(result.name, result.score if result.ok else result.error)
+
+        Args:
+            inputs: Paths, encoded image bytes, PIL images, uint8 arrays or ``3xHxW`` float tensors, in any mix;
+                any iterable, consumed a window at a time.
+            names: How results name each input (default: the path, else ``input[<index>]``).
+            workers: Decoding threads (default: one per CPU, at most 8).
+
+        Yields:
+            :class:`ScoreResult` (index, name, score, width, height, error), in input order.
+        """
+        return iter_scores(self, inputs, names=names, workers=workers)
 
     def _autocast(self):
         if self.precision == "fp32":

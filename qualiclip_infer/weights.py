@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,15 +76,19 @@ def resolve_weights(
     revision: Optional[str] = None,
     cache_dir: Union[str, os.PathLike, None] = None,
     local_files_only: bool = False,
+    default: HubFile = HubFile(),
+    option: str = "weights",
 ) -> Path:
     """Returns the local path of a checkpoint, downloading it from the Hub once if needed.
 
     Args:
-        weights: ``None`` for the official ``QualiCLIP.pth``, ``hf-hub:ORG/REPO/FILE[@REVISION]``, or a local
-            ``.pth`` / ``.safetensors`` path.
+        weights: ``None`` for ``default`` (the official ``QualiCLIP.pth``), ``hf-hub:ORG/REPO/FILE[@REVISION]``,
+            or a local ``.pth`` / ``.safetensors`` path.
         revision: Hub branch, tag or commit to pin (overrides nothing: it must agree with an ``@REVISION``).
         cache_dir: Hugging Face cache folder; default ``HF_HUB_CACHE`` / ``~/.cache/huggingface/hub``.
         local_files_only: Never touch the network; use the Hub cache only.
+        default: The Hub file used when ``weights`` is ``None`` (a model preset's file).
+        option: The argument name the messages use for this file (``weights``, ``prompt_weights``).
 
     Raises:
         WeightsNotFoundError: A local path does not exist, or the Hub file is neither cached nor downloadable.
@@ -92,19 +97,20 @@ def resolve_weights(
     if weights is not None and not (isinstance(weights, str) and weights.startswith(HUB_PREFIX)):
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise WeightsNotFoundError(f"weights file not found: {path}")
+            raise WeightsNotFoundError(f"{option} file not found: {path}")
         return path
-    hub_file = HubFile() if weights is None else HubFile.parse(weights)
+    hub_file = default if weights is None else HubFile.parse(weights)
     if revision is not None:
         if hub_file.revision not in (None, revision):
-            raise ValueError(f"weights {weights!r} pins revision {hub_file.revision!r} but revision={revision!r}")
+            raise ValueError(f"{option} {str(weights or hub_file)!r} pins revision {hub_file.revision!r} but "
+                             f"revision={revision!r}")
         hub_file = HubFile(hub_file.repo_id, hub_file.filename, revision)
-    return _download(hub_file, cache_dir=cache_dir, local_files_only=local_files_only)
+    return _download(hub_file, cache_dir=cache_dir, local_files_only=local_files_only, option=option)
 
 
-def _download(hub_file: HubFile, *, cache_dir, local_files_only: bool) -> Path:
+def _download(hub_file: HubFile, *, cache_dir, local_files_only: bool, option: str = "weights") -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(
@@ -122,7 +128,7 @@ def _download(hub_file: HubFile, *, cache_dir, local_files_only: bool) -> Path:
         raise WeightsNotFoundError(
             f"{hub_file} is not in the Hugging Face cache and could not be downloaded"
             f"{' (offline mode)' if local_files_only else ''}. Run once with network access, set HF_ENDPOINT to a "
-            f"reachable mirror, or pass a local checkpoint path as weights."
+            f"reachable mirror, or pass a local checkpoint path as {option}."
         ) from error
     except (EntryNotFoundError, HfHubHTTPError, OSError) as error:
         raise WeightsNotFoundError(f"{hub_file} could not be downloaded: {first_line(error)}") from error
@@ -133,67 +139,109 @@ def _download(hub_file: HubFile, *, cache_dir, local_files_only: bool) -> Path:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A QualiCLIP checkpoint, read and checked.
+    """A CLIP ResNet checkpoint, read and checked: QualiCLIP's official format or a plain OpenAI-layout CLIP file.
 
     Attributes:
         path: The file it was read from.
         clip_state: OpenAI-layout CLIP tensors, keys without the ``clip_model.`` prefix.
-        prompt_features: ``(2P, D)`` features of the prompt pairs stored with the weights.
+        prompt_features: ``(2P, D)`` features of the prompt pairs stored with the weights; ``None`` for a plain
+            CLIP file (open_clip's layout of OpenAI's weights), which stores none.
         architecture: Sizes inferred from ``clip_state``.
     """
 
     path: Path
     clip_state: Mapping[str, torch.Tensor]
-    prompt_features: torch.Tensor
+    prompt_features: Optional[torch.Tensor]
     architecture: ClipArchitecture
     _digest: dict = field(default_factory=dict, repr=False, compare=False)
 
     def image_tower_state(self) -> dict[str, torch.Tensor]:
-        """The image tower's tensors, keys relative to the tower, copied out of any memory-mapped file."""
+        """The image tower's tensors, keys relative to the tower, as fp32 copies out of any memory-mapped file.
+
+        Files saved in fp16/bf16 are widened here: the tower is built in fp32 and autocast chooses precisions.
+        """
         prefix = "visual."
-        return {k[len(prefix):]: v.clone() for k, v in self.clip_state.items() if k.startswith(prefix)}
+        return {k[len(prefix):]: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone()
+                for k, v in self.clip_state.items() if k.startswith(prefix)}
+
+    @property
+    def stored_logit_scale(self) -> float:
+        """``exp(logit_scale)``: the scale CLIP itself (and pyiqa) puts on the cosine similarities."""
+        return float(self.clip_state["logit_scale"].double().exp())
 
     def sha256(self) -> str:
         """SHA-256 of the file, computed once: it keys caches derived from these weights."""
         if "sha256" not in self._digest:
-            digest = hashlib.sha256()
-            with open(self.path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    digest.update(block)
-            self._digest["sha256"] = digest.hexdigest()
+            self._digest["sha256"] = file_sha256(self.path)
         return self._digest["sha256"]
+
+
+def file_sha256(path: Union[str, os.PathLike]) -> str:
+    """SHA-256 of a file's bytes.
+
+    A file in the Hugging Face cache is a link to ``blobs/<ETag>``, and the ETag of a Git LFS file (every weights
+    file) is the SHA-256 of its bytes: that name is used instead of reading 400 MB (about a second) on every load.
+    """
+    target = Path(path).resolve()
+    if target.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", target.name):
+        return target.name
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: Union[str, os.PathLike]) -> Checkpoint:
     """Reads a checkpoint without executing any pickled code and checks every key and shape.
 
+    Two layouts are accepted: QualiCLIP's official one (``clip_model.<OpenAI CLIP key>`` plus ``prompts_features``)
+    and a plain OpenAI-layout CLIP state dict with no prefix and no prompt features, as open_clip publishes
+    OpenAI's weights on the Hub (``timm/resnet50_clip.openai``).
+
     Raises:
-        CheckpointError: The file is not a checkpoint, or its keys or shapes are not those of the official
-            format; the message names the file and the offending keys.
+        CheckpointError: The file is not a checkpoint, or its keys or shapes are not those of either layout; the
+            message names the file and the offending keys.
     """
     path = Path(path)
     tensors = _read_tensors(path)
+    official = PROMPT_FEATURES_KEY in tensors or any(k.startswith(CLIP_PREFIX) for k in tensors)
+    if not official and any(k.startswith("visual.") for k in tensors):
+        return _plain_clip_checkpoint(path, tensors)
     if PROMPT_FEATURES_KEY not in tensors:
-        raise CheckpointError(f"{path}: no '{PROMPT_FEATURES_KEY}' tensor; not a QualiCLIP checkpoint")
+        found = _listing(sorted(tensors))
+        hint = "" if official else f" and no '{CLIP_PREFIX}*' or 'visual.*' CLIP keys (found {found})"
+        raise CheckpointError(f"{path}: no '{PROMPT_FEATURES_KEY}' tensor{hint}; not a QualiCLIP checkpoint")
     unexpected = sorted(k for k in tensors if k != PROMPT_FEATURES_KEY and not k.startswith(CLIP_PREFIX))
     if unexpected:
         raise CheckpointError(f"{path}: unexpected keys {_listing(unexpected)} (expected '{CLIP_PREFIX}*' and "
                               f"'{PROMPT_FEATURES_KEY}')")
     clip_state = {k[len(CLIP_PREFIX):]: v for k, v in tensors.items() if k.startswith(CLIP_PREFIX)}
-    for key in _OPENAI_METADATA_KEYS:
-        clip_state.pop(key, None)
-    try:
-        architecture = ClipArchitecture.from_state_dict(clip_state)
-    except KeyError as error:
-        raise CheckpointError(f"{path}: missing key {CLIP_PREFIX}{error.args[0]}; not an OpenAI-layout CLIP "
-                              f"ResNet checkpoint") from error
-    _check_clip_state(path, clip_state, architecture)
+    architecture = _checked_architecture(path, clip_state, CLIP_PREFIX)
     prompt_features = tensors[PROMPT_FEATURES_KEY]
     if (prompt_features.ndim != 2 or prompt_features.shape[0] % 2 or prompt_features.shape[0] == 0
             or prompt_features.shape[1] != architecture.embed_dim):
         raise CheckpointError(f"{path}: '{PROMPT_FEATURES_KEY}' has shape {tuple(prompt_features.shape)}, expected "
                               f"(2P, {architecture.embed_dim}): positive/negative prompt features interleaved")
     return Checkpoint(path, clip_state, prompt_features.float(), architecture)
+
+
+def _plain_clip_checkpoint(path: Path, tensors: dict[str, torch.Tensor]) -> Checkpoint:
+    """An OpenAI-layout CLIP state dict without prefix, as open_clip stores OpenAI's weights."""
+    clip_state = dict(tensors)
+    return Checkpoint(path, clip_state, None, _checked_architecture(path, clip_state, ""))
+
+
+def _checked_architecture(path: Path, clip_state: dict[str, torch.Tensor], prefix: str) -> ClipArchitecture:
+    for key in _OPENAI_METADATA_KEYS:
+        clip_state.pop(key, None)
+    try:
+        architecture = ClipArchitecture.from_state_dict(clip_state)
+    except KeyError as error:
+        raise CheckpointError(f"{path}: missing key {prefix}{error.args[0]}; not an OpenAI-layout CLIP "
+                              f"ResNet checkpoint") from error
+    _check_clip_state(path, clip_state, architecture, prefix)
+    return architecture
 
 
 def save_checkpoint(path: Union[str, os.PathLike], clip_state: Mapping[str, torch.Tensor],
@@ -217,21 +265,21 @@ def save_checkpoint(path: Union[str, os.PathLike], clip_state: Mapping[str, torc
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        try:
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+        except ImportError as error:
+            raise CheckpointError(f"{path}: reading .safetensors files needs the 'safetensors' package "
+                                  f"(pip install safetensors)") from error
 
         try:
             return load_file(path)
         except (SafetensorError, OSError) as error:
             raise CheckpointError(f"{path}: not a safetensors file ({first_line(error)})") from error
-    try:
-        # mmap pages in only the tensors that are used: the text tower stays on disk unless needed.
-        tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(f"{path}: refused to load: it is not a plain tensor checkpoint "
-                              f"({first_line(error)})") from error
-    except Exception as error:  # torch.load fails on garbage with almost any exception type
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first_line(error)})") from error
+    tensors = read_tensor_file(path)
+    if isinstance(tensors, torch.Tensor) or (isinstance(tensors, Mapping) and "params" in tensors):
+        raise CheckpointError(f"{path}: holds learned prompts ({describe_content(tensors)}), not CLIP weights; "
+                              f"pass it as prompt_weights (--prompt-weights)")
     if not isinstance(tensors, Mapping):
         raise CheckpointError(f"{path}: holds a {type(tensors).__name__}, not a dict of tensors")
     bad = sorted(str(k) for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
@@ -240,7 +288,35 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return dict(tensors)
 
 
-def _check_clip_state(path: Path, state: dict[str, torch.Tensor], architecture: ClipArchitecture) -> None:
+def read_tensor_file(path: Union[str, os.PathLike]) -> object:
+    """Unpickles a ``.pth`` file that may hold only tensors and plain containers, never code.
+
+    Raises:
+        CheckpointError: The file is not a PyTorch file, or it holds anything else than tensors, dicts, lists and
+            numbers.
+    """
+    path = Path(path)
+    try:
+        # mmap pages in only the tensors that are used: the text tower stays on disk unless needed.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path}: refused to load: it is not a plain tensor checkpoint "
+                              f"({first_line(error)})") from error
+    except Exception as error:  # torch.load fails on garbage with almost any exception type
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first_line(error)})") from error
+
+
+def describe_content(content: object) -> str:
+    """What a loaded file holds, in a few words for error messages: its keys, or its tensor's dtype and shape."""
+    if isinstance(content, torch.Tensor):
+        return f"one {str(content.dtype).replace('torch.', '')} tensor of shape {tuple(content.shape)}"
+    if isinstance(content, Mapping):
+        return f"keys {_listing(sorted(map(str, content)))}"
+    return f"a {type(content).__name__}"
+
+
+def _check_clip_state(path: Path, state: dict[str, torch.Tensor], architecture: ClipArchitecture,
+                      prefix: str = CLIP_PREFIX) -> None:
     """Completes ``state`` with absent batch counters, then raises on any other missing, extra or misshapen key."""
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in architecture.build_clip().state_dict().items()}
@@ -252,7 +328,7 @@ def _check_clip_state(path: Path, state: dict[str, torch.Tensor], architecture: 
     unexpected = sorted(k for k in state if k not in expected)
     wrong_shape = sorted(f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in expected
                          if k in state and tuple(state[k].shape) != expected[k])
-    problems = [f"{what} {_listing([CLIP_PREFIX + k for k in keys])}"
+    problems = [f"{what} {_listing([prefix + k for k in keys])}"
                 for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
                                    ("wrong shapes", wrong_shape)) if keys]
     if problems:

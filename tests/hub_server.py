@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -51,7 +52,8 @@ class FakeHub:
 
     def _answer(self, handler: BaseHTTPRequestHandler, body: bool) -> None:
         self.requests.append((handler.command, handler.path, dict(handler.headers)))
-        match = _RESOLVE.match(handler.path.split("?")[0])
+        # hf_hub_download percent-encodes file names ("QualiCLIP+_koniq.pth" arrives as "QualiCLIP%2B_koniq.pth").
+        match = _RESOLVE.match(urllib.parse.unquote(handler.path.split("?")[0]))
         path = match and self.files.get((match["repo"], match["revision"], match["file"]))
         if path is None:
             handler.send_response(404)

@@ -28,7 +28,7 @@ from conftest import natural_image, save_image
 from PIL import Image
 
 from qualiclip_infer import QualityScorer
-from qualiclip_infer.cli import UsageError, in_shard, parse_shard, read_finished, read_prompts
+from qualiclip_infer.cli import UsageError, in_shard, parse_shard, read_prompts
 from qualiclip_infer.files import InputNotFoundError, find_images
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("qualiclip-score")
@@ -405,17 +405,3 @@ def test_read_prompts(tmp_path):
         bad.write_text(text)
         with pytest.raises(UsageError, match=where):
             read_prompts(os.fspath(bad))
-
-
-@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_read_finished_drops_a_partial_last_line(tmp_path, fmt):
-    out = tmp_path / f"rows.{fmt}"
-    assert read_finished(os.fspath(out), fmt) == (set(), False)
-    complete = {"csv": "path,score,width,height,error\na.jpg,0.5,64,64,\n",
-                "jsonl": '{"path": "a.jpg", "score": 0.5}\n'}[fmt]
-    out.write_text(complete + {"csv": "b.jpg,0.4", "jsonl": '{"path": "b.jp'}[fmt])
-    assert read_finished(os.fspath(out), fmt) == ({"a.jpg"}, True)
-    assert out.read_text() == complete
-    out.write_text("something else\n")
-    with pytest.raises(UsageError, match="not a qualiclip-score"):
-        read_finished(os.fspath(out), fmt)

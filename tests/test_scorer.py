@@ -15,7 +15,8 @@ from reference_qualiclip import score as reference_score
 
 import qualiclip_infer.prompts as prompts_module
 from qualiclip_infer import OFFICIAL_PROMPT_PAIRS, ImageError, QualityScorer, load_checkpoint
-from qualiclip_infer.images import image_size, size_batches
+from qualiclip_infer.engine import group_by_size
+from qualiclip_infer.images import image_size
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +61,9 @@ def test_batch_tensor_is_split_by_batch_size(tiny_checkpoint):
 
 def test_size_batches_group_equal_sizes_under_limits():
     sizes = [(10, 10), (20, 10), (10, 10), (10, 10), (20, 10)]
-    assert size_batches(sizes, batch_size=2, max_batch_pixels=10**6) == [[0, 2], [3], [1, 4]]
-    assert size_batches(sizes, batch_size=8, max_batch_pixels=250) == [[0, 2], [3], [1], [4]]
-    assert size_batches([(5000, 5000)], batch_size=8, max_batch_pixels=10) == [[0]]
+    assert group_by_size(sizes, batch_size=2, max_batch_pixels=10**6) == [[0, 2], [3], [1, 4]]
+    assert group_by_size(sizes, batch_size=8, max_batch_pixels=250) == [[0, 2], [3], [1], [4]]
+    assert group_by_size([(5000, 5000)], batch_size=8, max_batch_pixels=10) == [[0]]
 
 
 @pytest.mark.parametrize("mode, suffix", [("L", ".png"), ("LA", ".png"), ("P", ".png"), ("RGBA", ".png"),

@@ -1,7 +1,7 @@
 """Finding the training images and checking them before training: the unusable ones are left out with one warning.
 
 Discovery is :func:`qualiclip_infer.files.find_images`, the same as ``qualiclip-score``'s (same extensions, hidden
-files skipped unless asked). The check reads each header with the scorer's probe; a full decode, which also catches
+files skipped unless asked). The check reads each header with the scorer's probe (``images.probe``); a full decode, which also catches
 a file truncated after a readable header, is done up front only when it is cheap (see :func:`decode_up_front`).
 Whatever slips through (or breaks later) is skipped when the training loader meets it.
 """
@@ -16,7 +16,7 @@ from PIL import Image
 
 from .._errors import first_line
 from ..files import find_images
-from ..images import ImageError, check_size, describe_error, image_size
+from ..images import ImageError, describe_error, probe
 
 DECODE_CHECKS = ("auto", "upfront", "lazy")
 # Decode rate assumed for the up-front estimate, per process (our measurement, rounded down: a 2-core AMD EPYC
@@ -53,9 +53,9 @@ def list_images(root: Union[str, os.PathLike], hidden: bool = False) -> List[Pat
 
 
 def probe_size(path: Path, min_side: int) -> Tuple[int, int]:
-    """Upright ``(width, height)`` from the header; raises :class:`ImageError` when unreadable or under ``min_side``."""
-    width, height = image_size(path)
-    check_size(width, height, os.fspath(path))
+    """Upright ``(width, height)`` from the header (the scorer's probe); raises :class:`ImageError` when unreadable or
+    under ``min_side``."""
+    width, height = probe(path, os.fspath(path))
     if min(width, height) < min_side:
         raise ImageError(f"{os.fspath(path)}: image is {width}x{height}, smaller than the {min_side}x{min_side} crop")
     return width, height
@@ -71,7 +71,7 @@ def decode_check(path: Path) -> None:
         with Image.open(path) as image:
             image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as error:
+    except Exception as error:  # as in images.open_image: Pillow's plugins raise many types on corrupt data
         raise ImageError(f"{os.fspath(path)}: {describe_error(error)}") from error
 
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from .._errors import first_line
 from ..images import ImageError, image_size, to_tensor
 from ..model import MIN_IMAGE_SIDE, QualiCLIP
-from ..prompts import as_prompt_pairs, prompt_features
+from ..prompts import OFFICIAL_PROMPT_PAIRS, as_prompt_pairs, prompt_features
 from ..scorer import AUTOCAST_DTYPES, resolve_device
 from ..weights import WeightsSpec, load_checkpoint, resolve_weights, save_checkpoint
 from .data import (CROPS_PER_SAMPLE, TRAIN_DEGRADATIONS, TRAIN_SAMPLES, VALIDATION_DEGRADATIONS, VALIDATION_SAMPLES,
@@ -284,12 +284,12 @@ class Trainer:
         self.levels = spread_levels(config.levels)
         self.workers = min(config.workers, available_cpus())
         resume = self._read_state(config.resume) if config.resume is not None else None
-        init = config.init if config.init is not None or resume is None else resume["init"]
-        self.init_path = resolve_weights(init)
-
         self.found = list_images(config.images, hidden=config.hidden)
         if not self.found:
             raise ValueError(f"{config.images}: no image files found")
+        # Before the images are checked (up to a minute), but after the cheap folder listing: a download may be slow.
+        init = config.init if config.init is not None or resume is None else resume["init"]
+        self.init_path = resolve_weights(init)
         usable, self.rejected, self.decoded = check_images(self.found, config.crop_size, self.workers,
                                                            config.decode_check)
         if self.rejected:
@@ -360,7 +360,12 @@ class Trainer:
         tower.load_state_dict(checkpoint.image_tower_state(), strict=True)
         # Kept only so that checkpoints keep their keys: the position-free pool never reads it.
         tower.attnpool.positional_embedding.requires_grad_(False)
-        features = prompt_features(checkpoint, self.config.prompts)
+        # A plain CLIP file (OpenAI's RN50, where the paper starts from) stores no prompt features: unless other pairs
+        # are given, train against the official seven, encoded by its text tower.
+        pairs = self.config.prompts
+        if pairs is None and checkpoint.prompt_features is None:
+            pairs = OFFICIAL_PROMPT_PAIRS
+        features = prompt_features(checkpoint, pairs)
         model = QualiCLIP(tower, features).to(self.device)
         if self.device.type in CHANNELS_LAST_DEVICES:
             model = model.to(memory_format=torch.channels_last)
@@ -546,7 +551,7 @@ class Trainer:
     def _score_file(self, path: Path) -> Optional[float]:
         """Score of a whole image; ``None`` (with a warning, once) when it cannot be read."""
         try:
-            image = to_tensor(path)
+            image = to_tensor(path, os.fspath(path))
         except ImageError as error:
             self._note_skipped([first_line(error)])
             return None
