@@ -145,7 +145,8 @@ def test_crop_stream_samples(image_folder):
     assert len(paths) == 12 and all(p.suffix == ".png" for p in paths)
     stream = CropStream(paths, CROP, crops=2, num_distortions=len(DISTORTIONS), seed=3)
     crops, distortion, skipped = stream[5]
-    assert skipped == () and crops.shape == (2, 3, CROP, CROP) and crops.dtype == torch.uint8 and 0 <= distortion < len(DISTORTIONS)
+    assert skipped == () and crops.shape == (2, 3, CROP, CROP) and crops.dtype == torch.uint8
+    assert 0 <= distortion < len(DISTORTIONS)
     assert torch.equal(CropStream(paths, CROP, 2, len(DISTORTIONS), seed=3)[5][0], crops)
     assert not torch.equal(CropStream(paths, CROP, 2, len(DISTORTIONS), seed=4)[5][0], crops)
     # Each epoch shows every image once, in a new order.
@@ -420,7 +421,7 @@ def test_an_image_that_breaks_during_the_run_is_skipped_in_a_worker(tmp_path, im
                 path.unlink()
 
     config = replace(config, images=folder, out=tmp_path / "gone.pth", steps=20)
-    with pytest.raises(ImageError, match=r"^none of the 9 images can be used any more \(last failure: .*: no such file"):
+    with pytest.raises(ImageError, match=r"^none of the 9 images can be used any more \(last failure: .*: no such"):
         Trainer(config, on_step=delete_all).run()
 
 
@@ -565,9 +566,8 @@ def test_validation_every_n_steps_or_epochs(tmp_path, image_folder, tiny_checkpo
 
 def test_fit_trains_against_the_prompts_file_and_exports_its_features(tmp_path, image_folder, tiny_checkpoint,
                                                                       capsys):
-    pairs = [("A crisp photo.", "A smeared photo."), ("Clean.", "Grainy | noisy.")]
+    pairs = [("A crisp photo.", "A smeared photo."), ("Clean.", "Grainy.")]
     (tmp_path / "prompts.txt").write_text("# ours\nA crisp photo. | A smeared photo.\n\nClean. | Grainy.\n")
-    pairs[1] = ("Clean.", "Grainy.")
     out = tmp_path / "prompted.pth"
     status = main(["fit", "--images", str(image_folder), "--out", str(out), "--init", str(tiny_checkpoint),
                    "--device", "cpu", "--steps", "1", "--batch-size", "2", "--crop-size", str(CROP), "--workers", "0",

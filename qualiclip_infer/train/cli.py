@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help=f"learning rate after the warm-up: cosine decay towards 0 at the last step, or "
                               f"constant; {OURS}")
     optimisation.add_argument("--warmup-steps", type=_number(int, 0), metavar="N",
-                              help=f"steps of linear learning-rate warm-up (default: {WARMUP_SHARE * 100:.0f}%% of the steps; "
-                              f"our default, not published)")
+                              help=f"steps of linear learning-rate warm-up (default: {WARMUP_SHARE * 100:.0f}%% of "
+                              f"the steps; our default, not published)")
     optimisation.add_argument("--weight-decay", type=_number(float, 0), help=f"AdamW weight decay; {OURS}")
     optimisation.add_argument("--train-bn", action="store_true",
                               help="update BatchNorm running statistics (default: frozen; affine parameters train)")
@@ -172,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help=f"held-out crops, each degraded at every level, for the level SRCC; {OURS}")
     checkpoints.add_argument("--val-every-steps", type=_number(int, 0), metavar="N",
                              help="validate every N optimiser steps, besides before and after training (0: never in "
-                             f"between; default: as often as keeps validation within {VALIDATION_SHARE * 100:.0f}%% of the "
-                             "training time, unless --val-every is given; our default)")
+                             "between; default: as often as keeps validation within "
+                             f"{VALIDATION_SHARE * 100:.0f}%% of the training time, unless --val-every is given; "
+                             "our default)")
     checkpoints.add_argument("--val-every", type=_number(int, 0), metavar="N",
                              help="validate every N epochs instead (0: only before and after training; "
                              "default: by steps)")

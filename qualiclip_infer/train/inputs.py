@@ -1,8 +1,9 @@
 """Finding the training images and checking them before training: the unusable ones are left out with one warning.
 
 Discovery is :func:`qualiclip_infer.files.find_images`, the same as ``qualiclip-score``'s (same extensions, hidden
-files skipped unless asked). The check reads each header with the scorer's probe (``images.probe``); a full decode, which also catches
-a file truncated after a readable header, is done up front only when it is cheap (see :func:`decode_up_front`).
+files skipped unless asked). The check reads each header with the scorer's probe (``images.probe``); a full decode,
+which also catches a file truncated after a readable header, is done up front only when it is cheap (see
+:func:`decode_up_front`).
 Whatever slips through (or breaks later) is skipped when the training loader meets it.
 """
 
