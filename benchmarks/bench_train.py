@@ -9,7 +9,7 @@ before and after, and the load average when it started (the machine may be share
 
 ``--costs`` instead measures what the default validation interval rests on (``qualiclip_infer.train.schedule``): CPU
 time per crop-level of a training step (degradation, forward, backward, AdamW) and of a validation (degradation,
-forward), for the tiny CLIP and for a full-size RN50, single-threaded, at 224 pixels.
+forward), for the tiny CLIP and for a full-size RN50, single-threaded, at 224 pixels, on the run's own crops.
 
 The photos are ``tests/conftest.py``'s ``natural_image`` at 320x256, JPEG quality 90; the checkpoints its
 ``write_checkpoint`` (random weights).
@@ -133,38 +133,36 @@ def _cpu_name() -> str:
 
 
 def _costs(workdir: Path) -> None:
-    """CPU seconds per crop-level: a training step against a validation, tiny CLIP and RN50, at 224 pixels."""
+    """CPU seconds per crop-level: a training step against a validation, tiny CLIP and RN50, at 224 pixels.
+
+    Both sides run on the run's own data: training steps on the loader's batches of the 10 photos (each sample a
+    random distortion type), validation on its held-out crops.
+    """
     import torch
     from conftest import RN50_CONFIG, TINY_CONFIG, write_checkpoint
 
-    from qualiclip_infer.train.data import Batch
     from qualiclip_infer.train.loop import TrainConfig, Trainer
 
     torch.set_num_threads(1)
     folder, _ = _inputs(workdir)
-    print("| model | batch | train CPU ms per crop-level | validation CPU ms per crop-level | ratio |")
-    print("|---|---:|---:|---:|---:|")
-    for name, config, batch in (("tiny", TINY_CONFIG, 16), ("RN50", RN50_CONFIG, 2)):
+    print("| model | batch | val crops | train CPU ms per crop-level | validation CPU ms per crop-level | ratio |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, config, batch, val_crops, steps in (("tiny", TINY_CONFIG, 16, 240, 8), ("RN50", RN50_CONFIG, 2, 16, 8)):
         checkpoint = write_checkpoint(workdir / f"{name}.pth", config, seed=0)
         trainer = Trainer(TrainConfig(images=folder, out=workdir / "costs.pth", init=checkpoint, device="cpu",
-                                      batch_size=batch, val_crops=batch * 2, workers=0, steps=1000))
-        crops = torch.randint(0, 256, (batch, 2, 3, 224, 224), dtype=torch.uint8)
-        train_batch = Batch(crops, torch.arange(batch) % len(trainer.config.distortions), ())
+                                      batch_size=batch, val_crops=val_crops, workers=0, steps=steps))
         levels = len(trainer.levels)
-
-        def train_step() -> None:
-            trainer._forward_backward(train_batch)
+        trainer.evaluate()  # warm-up; cuts the held-out crops once, as a run does
+        batches = list(trainer._train_loader())  # decoded and cropped up front: the loader workers' share
+        started = time.process_time()
+        for micro_batch in batches:
+            trainer._forward_backward(micro_batch)
+            trainer.micro_batch += 1
             trainer._optimizer_step()
-
-        def validation() -> None:
-            trainer.model.eval()
-            with torch.no_grad():
-                trainer._level_scores()
-
-        train_step(), validation()  # warm-up, and cuts the validation crops
-        train = _cpu_per_call(train_step) / (batch * 2 * levels)
-        val = _cpu_per_call(validation) / (trainer.config.val_crops * levels)
-        print(f"| {name} | {batch} | {train * 1000:.2f} | {val * 1000:.2f} | {train / val:.2f} |")
+        train = (time.process_time() - started) / (len(batches) * batch * 2 * levels)
+        val = _cpu_per_call(trainer.evaluate) / (val_crops * levels)
+        print(f"| {name} | {batch} | {val_crops} | {train * 1000:.2f} | {val * 1000:.2f} | {train / val:.2f} |",
+              flush=True)
 
 
 def _cpu_per_call(function, repeats: int = 3) -> float:

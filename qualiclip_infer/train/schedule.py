@@ -14,9 +14,10 @@ WARMUP_SHARE = 0.05
 
 # Default validation interval. Validation pushes ``val_crops x L`` crop-levels through the network (forward only);
 # an optimiser step pushes ``batch x accumulate x 2 x L`` (forward and backward); both also degrade every crop-level.
-# Measured CPU time per crop-level, single-threaded at 224 px (`python benchmarks/bench_train.py --costs`, figures in
-# benchmarks/RESULTS.md): a training step costs 2.73x a validation for a tiny CLIP and 2.62x for RN50. We take 2.5,
-# below both, so that periodic validation stays under VALIDATION_SHARE of the training time whatever the model, and
+# Measured CPU time per crop-level, single-threaded at 224 px on the 10-photo run's own crops (`python
+# benchmarks/bench_train.py --costs`, figures in benchmarks/RESULTS.md): a training step costs 2.43x a validation for
+# a tiny CLIP and 2.50x for RN50 (2.73x and 2.62x on random-noise crops). We take 2.5, so that periodic validation
+# stays within about VALIDATION_SHARE of the training time (10.3% at worst for the tiny CLIP) whatever the model, and
 # whatever the dataset size (neither side depends on it). Not measured on a GPU, where a larger share of the time
 # may go to the degradations that both sides pay alike (which would bring the ratio closer to 1).
 TRAIN_TO_VALIDATION_COST = 2.5
