@@ -86,6 +86,18 @@ def qualiclip_scorer(preset: str = "qualiclip", **kwargs):
     return QualityScorer(model=preset, **kwargs)
 
 
+def qualiclip_loss(**kwargs):
+    """``qualiclip_infer.QualiCLIPLoss``: ``1 - QualiCLIP score`` of ``N x 3 x H x W`` images in [0, 1], differentiable
+    with respect to the images, with the network frozen (BatchNorms always in eval mode).
+
+    Args:
+        **kwargs: Arguments of ``QualiCLIPLoss`` (``weights``, ``reduction``, ``prompts``, ``logit_scale``, ...).
+    """
+    from qualiclip_infer import QualiCLIPLoss
+
+    return QualiCLIPLoss(**kwargs)
+
+
 def _random_model(logit_scale=None):
     import torch
     import torch.nn.functional as F

@@ -14,10 +14,13 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from .images import ImageError
+    from .loss import QualiCLIPLoss
+    from .maps import QualityMap
     from .model import QualiCLIP
     from .presets import PRESETS
     from .distributed import score_dataset
     from .prompts import OFFICIAL_PROMPT_PAIRS
+    from .render import render_map, save_map
     from .scorer import QualityScorer, load_model
     from .weights import CheckpointError, WeightsNotFoundError, load_checkpoint, resolve_weights, save_checkpoint
     from .eval import evaluate, read_mos
@@ -39,6 +42,10 @@ _EXPORTS = {
     "score_dataset": "distributed",
     "evaluate": "eval",
     "read_mos": "eval",
+    "QualityMap": "maps",
+    "save_map": "render",
+    "render_map": "render",
+    "QualiCLIPLoss": "loss",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

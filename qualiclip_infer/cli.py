@@ -18,11 +18,11 @@ import os
 import re
 import statistics
 import sys
-from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ._errors import first_line
 from ._version import __version__
-from .files import InputNotFoundError, find_images
+from .files import InputNotFoundError, find_images, mirrored_paths
 from .output import FORMATS, RESUMABLE_FORMATS, OutputFileError, RowWriter, choose_format, open_output, prepare_resume
 
 if TYPE_CHECKING:
@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--summary", action="store_true",
                      help="print count, mean, median, min, max and failures to standard error")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-file error messages")
+    out.add_argument("--maps", metavar="DIR",
+                     help="also draw a quality map of each scored image, a PNG under DIR named after the image "
+                          "(x.jpg -> x.jpg.png), in the input's folders below the deepest one holding all inputs")
+    out.add_argument("--map-method", choices=("windows", "tokens"), default="windows",
+                     help="with --maps: windows (each cell the exact score of a 224x224 crop, every 112 pixels; "
+                          "default) or tokens (one pass, a cell per 32x32 pixels; an approximation)")
 
     add_scoring_options(parser)
 
@@ -341,6 +347,10 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     if not paths:
         raise UsageError(f"no images found in {' '.join(args.paths)}")
+    # From every path found, before sharding and resuming, so that each run lays maps out the same way.
+    map_files = mirrored_paths(paths, args.maps, ".png") if args.maps else {}
+    if args.maps and os.path.exists(args.maps) and not os.path.isdir(args.maps):
+        raise UsageError(f"--maps {args.maps}: not a folder")
     if args.shard:
         paths = [path for path in paths if in_shard(path, *args.shard)]
     try:
@@ -352,10 +362,13 @@ def _run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{PROG}: resuming: {len(finished)} images already in {args.output}, {len(paths)} to score",
                   file=sys.stderr)
+    maps = None
     if args.ray is not None:
         rows = _ray_rows(args, paths, prompts)
     else:
-        rows = _load_scorer(args, prompts).iter_scores(paths, workers=args.workers)
+        scorer = _load_scorer(args, prompts)
+        rows = scorer.iter_scores(paths, workers=args.workers)
+        maps = _MapWriter(scorer, map_files, args.map_method) if args.maps else None
     try:
         stream = None if fmt == "parquet" else open_output(args.output, append=args.resume)
     except OutputFileError as error:
@@ -365,13 +378,13 @@ def _run(args: argparse.Namespace) -> int:
             writer = _parquet_writer(args.output)
         else:
             writer = RowWriter(stream, fmt, header=not has_content, path_width=max(map(len, paths), default=4))
-        scores, failures = _score_and_write(rows, len(paths), args, writer)
+        scores, failures = _score_and_write(rows, len(paths), args, writer, maps)
     finally:
         if stream is not None and stream is not sys.stdout:
             stream.close()
     if args.summary:
         print(summary(scores, failures), file=sys.stderr)
-    return EXIT_FAILURES if failures else EXIT_OK
+    return EXIT_FAILURES if failures or (maps and maps.failures) else EXIT_OK
 
 
 def _output_format(args: argparse.Namespace) -> str:
@@ -382,6 +395,8 @@ def _output_format(args: argparse.Namespace) -> str:
         raise UsageError("--reverse needs --sort")
     if args.ray is None and (args.actors or args.cpus_per_actor or args.gpus_per_actor):
         raise UsageError("--actors, --cpus-per-actor and --gpus-per-actor need --ray")
+    if args.ray is not None and args.maps:
+        raise UsageError("--maps cannot be combined with --ray: maps are drawn by a local scorer")
     fmt = choose_format(args.format, args.output, sys.stdout.isatty())
     if fmt == "parquet" and not args.output:
         raise UsageError("parquet output needs -o FILE.parquet or -o FOLDER/")
@@ -470,15 +485,17 @@ def _parquet_writer(path: str) -> RowWriter:
         raise UsageError(f"-o {path}: {error.strerror or first_line(error)}") from error
 
 
-def _score_and_write(rows: Iterable[ScoreResult], total: int, args: argparse.Namespace,
-                     writer: RowWriter) -> Tuple[List[float], int]:
-    """Reports and writes the rows as they are scored; returns the scores and the number of failures."""
+def _score_and_write(rows: Iterable[ScoreResult], total: int, args: argparse.Namespace, writer: RowWriter,
+                     maps: Optional[_MapWriter] = None) -> Tuple[List[float], int]:
+    """Reports and writes the rows as they are scored, drawing their maps; returns the scores and the failures."""
     scores: List[float] = []
     failures = 0
     held: List[ScoreResult] = []
     progress = _Progress(total, args.quiet, bar=args.ray is None)  # with --ray, Ray Data draws its own
     try:
         for row in rows:
+            if maps is not None:
+                maps.write(row)
             progress.advance(row)
             if row.ok:
                 scores.append(row.score)
@@ -496,6 +513,33 @@ def _score_and_write(rows: Iterable[ScoreResult], total: int, args: argparse.Nam
         progress.close()
         writer.close()
     return scores, failures
+
+
+class _MapWriter:
+    """Draws the quality map of each scored image into its ``--maps`` file; a failure is reported and counted."""
+
+    def __init__(self, scorer: QualityScorer, files: Dict[str, str], method: str):
+        self._scorer = scorer
+        self._files = files
+        self._method = method
+        self.failures = 0
+
+    def write(self, row: ScoreResult) -> None:
+        from .engine import _cause
+        from .images import to_tensor
+        from .render import save_map
+
+        if not row.ok:
+            return
+        target = self._files[row.name]
+        try:
+            image = to_tensor(row.name, row.name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            save_map(image, self._scorer.quality_map(image, method=self._method), target)
+        except Exception as error:  # a map is extra: the row is scored and written all the same
+            self.failures += 1
+            print(f"{PROG}: {row.name}: quality map not written to {target}: {_cause(error, row.name)}",
+                  file=sys.stderr, flush=True)
 
 
 def _in_range(row: ScoreResult, low: Optional[float], high: Optional[float]) -> bool:

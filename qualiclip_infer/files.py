@@ -76,3 +76,49 @@ def _glob(pattern: str, recursive: bool, hidden: bool, extensions: AbstractSet[s
 def _report_unlistable(error: OSError) -> None:
     print(f"{os.path.basename(sys.argv[0]) or 'qualiclip-infer'}: {error.filename}: cannot list folder: {error.strerror}",
           file=sys.stderr)
+
+
+def mirrored_paths(paths: Sequence[str], folder: str, suffix: str) -> Dict[str, str]:
+    """Output files under ``folder`` for input files, mirroring the folders below the deepest one holding them all.
+
+    An output is the input's path relative to that common folder with ``suffix`` appended (``a/x.jpg`` and ``b/x.jpg``
+    give ``folder/a/x.jpg.png`` and ``folder/b/x.jpg.png``; ``x.jpg`` and ``x.png`` give ``x.jpg.png`` and
+    ``x.png.png``), so no two inputs share one. Outputs that would still clash (names equal but for case, which some
+    file systems do not tell apart, or a file where another output needs a folder) get ``~2``, ``~3``, ... before the
+    suffix. Inputs on different drives (Windows) keep their drive as the first folder.
+
+    Args:
+        paths: Input files, as listed (relative or absolute).
+        folder: The output folder.
+        suffix: Appended to each file name, e.g. ``.png``.
+
+    Returns:
+        Each input path's output path.
+    """
+    parts = [_components(os.path.abspath(path)) for path in paths]
+    common = min((len(p) - 1 for p in parts), default=0)  # folders only, never a file's own name
+    for depth in range(common):
+        if len({os.path.normcase(p[depth]) for p in parts}) > 1:
+            common = depth
+            break
+    relatives = [[re.sub(r"[\\/:]+", "_", c).strip("_") or "_" for c in p[common:]] for p in parts]
+    # Folders first: a file whose output would be one of them is the one renamed.
+    taken_folders = {os.path.join(*r[:depth]).casefold() for r in relatives for depth in range(1, len(r))}
+    taken_files: set = set()
+    outputs = {}
+    for path, relative in zip(paths, relatives):
+        name, copy = relative[-1] + suffix, 1
+        key = os.path.join(*relative[:-1], name).casefold()
+        while key in taken_files or key in taken_folders:
+            copy += 1
+            name = f"{relative[-1]}~{copy}{suffix}"
+            key = os.path.join(*relative[:-1], name).casefold()
+        taken_files.add(key)
+        outputs[path] = os.path.join(folder, *relative[:-1], name)
+    return outputs
+
+
+def _components(path: str) -> List[str]:
+    """An absolute path's drive (empty on POSIX) followed by its non-empty names."""
+    drive, rest = os.path.splitdrive(path)
+    return [drive] + [name for name in re.split(r"[\\/]" if os.sep == "\\" else "/", rest) if name]

@@ -1,5 +1,9 @@
 """The QualiCLIP network: CLIP's ModifiedResNet trunk, a position-free attention pool and the antonym score head.
 
+The trunk is written here from OpenAI CLIP's published architecture, with OpenAI's module names so that checkpoints
+load strictly. Scoring therefore never imports open_clip (and the torchvision it pulls in, seconds of start-up):
+only encoding custom prompts needs CLIP's text tower, and :meth:`ClipArchitecture.build_clip` imports it then.
+
 The official QualiCLIP model feeds whole images at their native resolution, so its attention pool drops CLIP's
 fixed 7x7 positional table. Only the pooled (mean) token is ever read, so the pool here computes attention for
 that single query and folds the key and value projections into it: the result equals full multi-head attention
@@ -9,15 +13,17 @@ over all tokens (to float rounding) while time and memory grow linearly with the
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Dict, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from open_clip import CLIP
-from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
+
+if TYPE_CHECKING:
+    from open_clip import CLIP
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -100,26 +106,141 @@ class ClipArchitecture:
             quick_gelu=True,
         )
 
-    def build_clip(self) -> CLIP:
-        """A randomly initialised open_clip ``CLIP`` (both towers) of this architecture."""
+    def build_clip(self) -> "CLIP":
+        """A randomly initialised open_clip ``CLIP`` (both towers) of this architecture.
+
+        Only the text tower needs it (encoding custom prompts); open_clip is imported here, not at module load.
+        """
+        from open_clip import CLIP
+
         return CLIP(**self.open_clip_config())
 
-    def build_image_tower(self) -> ModifiedResNet:
-        """A randomly initialised ModifiedResNet with a :class:`PositionFreeAttentionPool`."""
-        trunk = ModifiedResNet(
-            layers=list(self.vision_layers),
-            output_dim=self.embed_dim,
-            heads=self.vision_heads,
-            image_size=self.image_size,
-            width=self.vision_width,
-        )
-        trunk.attnpool = PositionFreeAttentionPool(
-            grid=self.image_size // 32,
-            embed_dim=self.vision_width * 32,
-            num_heads=self.vision_heads,
-            output_dim=self.embed_dim,
-        )
-        return trunk
+    def build_image_tower(self) -> "ModifiedResNet":
+        """A randomly initialised :class:`ModifiedResNet` with a :class:`PositionFreeAttentionPool`."""
+        return ModifiedResNet(self.vision_layers, self.vision_width, self.vision_heads, self.embed_dim,
+                              self.image_size // 32)
+
+    def state_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """Key and shape of every tensor in an OpenAI-layout CLIP state dict of this architecture (both towers).
+
+        Computed without building open_clip's model: the image tower's from :meth:`build_image_tower` on the meta
+        device, the text tower's from the layout of OpenAI's text transformer.
+        """
+        with torch.device("meta"):
+            tower = self.build_image_tower()
+        shapes = {f"visual.{k}": tuple(v.shape) for k, v in tower.state_dict().items()}
+        width = self.text_width
+        shapes.update({
+            "positional_embedding": (self.context_length, width),
+            "text_projection": (width, self.embed_dim),
+            "logit_scale": (),
+            "token_embedding.weight": (self.vocab_size, width),
+            "ln_final.weight": (width,),
+            "ln_final.bias": (width,),
+        })
+        block = {
+            "ln_1.weight": (width,), "ln_1.bias": (width,),
+            "attn.in_proj_weight": (3 * width, width), "attn.in_proj_bias": (3 * width,),
+            "attn.out_proj.weight": (width, width), "attn.out_proj.bias": (width,),
+            "ln_2.weight": (width,), "ln_2.bias": (width,),
+            "mlp.c_fc.weight": (4 * width, width), "mlp.c_fc.bias": (4 * width,),
+            "mlp.c_proj.weight": (width, 4 * width), "mlp.c_proj.bias": (width,),
+        }
+        for layer in range(self.text_layers):
+            shapes.update({f"transformer.resblocks.{layer}.{k}": v for k, v in block.items()})
+        return shapes
+
+
+class Bottleneck(nn.Module):
+    """CLIP's ResNet bottleneck: 1x1, 3x3, 1x1 convolutions (4x expansion), each followed by a BatchNorm.
+
+    Unlike torchvision's, a strided block keeps every convolution at stride 1 and downsamples with an average pool
+    ("anti-aliased"), after the 3x3 convolution on the main path and before the 1x1 projection on the shortcut.
+    Each BatchNorm is registered right after its convolution: :func:`qualiclip_infer.scorer._fold_batch_norms`
+    relies on that order.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1):
+        super().__init__()
+        out_channels = channels * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.act2 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(channels, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.act3 = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride > 1 or in_channels != out_channels:
+            # OpenAI's names: "-1" the pool (no tensors), "0" the projection, "1" its BatchNorm.
+            self.downsample = nn.Sequential(OrderedDict([
+                ("-1", nn.AvgPool2d(stride)),
+                ("0", nn.Conv2d(in_channels, out_channels, 1, bias=False)),
+                ("1", nn.BatchNorm2d(out_channels)),
+            ]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(self.avgpool(out)))
+        out += x if self.downsample is None else self.downsample(x)  # in place: one activation less to allocate
+        return self.act3(out)
+
+
+class ModifiedResNet(nn.Module):
+    """CLIP's image tower: a three-convolution stem, four stages of :class:`Bottleneck` blocks, an attention pool.
+
+    The stem (3x3 convolutions at stride 2, 1, 1, then a 2x2 average pool) and the strided stages reduce each side
+    32-fold; the last stage has ``width * 32`` channels, pooled by :class:`PositionFreeAttentionPool`.
+
+    Args:
+        layers: Blocks in each of the four stages ((3, 4, 6, 3) for RN50).
+        width: Channels of the first stage (64 for RN50); the stem runs at half of it.
+        heads: Attention heads of the pool.
+        output_dim: Size of the image features (1024 for RN50).
+        grid: Side of the (unused) positional table: training resolution / 32.
+    """
+
+    def __init__(self, layers: Sequence[int], width: int, heads: int, output_dim: int, grid: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width // 2)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(width // 2, width // 2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width // 2)
+        self.act2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(width // 2, width, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.act3 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(2)
+
+        in_channels = width
+        for stage, blocks in enumerate(layers):
+            channels = width * 2**stage
+            stage_blocks = []
+            for block in range(blocks):
+                stage_blocks.append(Bottleneck(in_channels, channels, stride=2 if stage > 0 and block == 0 else 1))
+                in_channels = channels * Bottleneck.expansion
+            self.add_module(f"layer{stage + 1}", nn.Sequential(*stage_blocks))
+        self.attnpool = PositionFreeAttentionPool(grid, in_channels, heads, output_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``N x 3 x H x W`` CLIP-normalised images (H, W >= 32) to ``N x output_dim`` image features."""
+        return self.attnpool(self.trunk(x))
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem and the four stages: ``N x 3 x H x W`` images to the pool's ``N x C x h x w`` input (stride 32)."""
+        x = x.to(self.conv1.weight.dtype)  # as open_clip does, so a half-precision copy accepts float images
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.bn2(self.conv2(x)))
+        x = self.act3(self.bn3(self.conv3(x)))
+        x = self.avgpool(x)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
 class PositionFreeAttentionPool(nn.Module):
@@ -159,12 +280,21 @@ class PositionFreeAttentionPool(nn.Module):
         values = values.reshape(n, c) + self.v_proj.bias
         return self.c_proj(values)
 
+    def project_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Projects every position of ``N x C x h x w`` trunk features as the pool projects values (value, then
+        output projection), giving ``N x h x w x output_dim``.
+
+        The pooled feature is the attention-weighted mean of these projections (the weights sum to one), so each
+        is the feature the image would get if the pool attended to that position alone.
+        """
+        return self.c_proj(self.v_proj(x.permute(0, 2, 3, 1)))
+
 
 class QualiCLIP(nn.Module):
     """QualiCLIP: image tower plus antonym-prompt score head. ``forward`` maps normalised images to scores.
 
     Args:
-        image_tower: A ModifiedResNet whose pool is a :class:`PositionFreeAttentionPool`.
+        image_tower: A :class:`ModifiedResNet` (or any module) whose pool is a :class:`PositionFreeAttentionPool`.
         prompt_features: ``(2P, D)`` L2-normalised text features, rows ``2k``/``2k+1`` the positive/negative
             prompt of pair ``k``. Used exactly as given, as the official model uses the stored ones.
         logit_scale: Multiplier of the cosine similarities before the per-pair softmax. 100 is the official
@@ -193,18 +323,46 @@ class QualiCLIP(nn.Module):
         """Image features (not L2-normalised) of CLIP-normalised images."""
         return self.visual(normalized)
 
-    def score_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Scores image features: mean over prompt pairs of the softmax probability of the positive prompt.
+    def trunk_features(self, normalized: torch.Tensor) -> torch.Tensor:
+        """The ResNet trunk's ``N x C x h x w`` output (stride 32), the input of the attention pool."""
+        return self.visual.trunk(normalized)
 
-        Always in fp32, even under autocast: at a logit scale of 100, bf16 cosines would move logits by ~0.03.
+    def score_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Scores image features ``(..., D)``: mean over prompt pairs of the softmax probability of the positive
+        prompt, ``(...)``.
+
+        Always in at least fp32, even under autocast: at a logit scale of 100, bf16 cosines would move logits by ~0.03.
+        The softmax of a pair's two logits is the sigmoid of their difference, ``scale * (cos+ - cos-)``; taking the
+        difference of the prompt features first avoids rounding each logit (up to 100 in size) before subtracting,
+        which would cost ~1e-6 of score in fp32 and make scores depend on how features were batched.
         """
         device_type = features.device.type
         with torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else nullcontext():
-            features = F.normalize(features.float(), dim=-1)
-            logits = self.logit_scale * features @ self.prompt_features.float().T
-            return logits.view(-1, self.num_pairs, 2).softmax(dim=-1)[..., 0].mean(dim=1)
+            if features.dtype in (torch.float16, torch.bfloat16):
+                features = features.float()
+            prompts = self.prompt_features.to(features.dtype)
+            margins = F.normalize(features, dim=-1) @ (prompts[0::2] - prompts[1::2]).T
+            return torch.sigmoid(self.logit_scale * margins).mean(dim=-1)
 
     def forward(self, normalized: torch.Tensor) -> torch.Tensor:
         """Scores CLIP-normalised images ``N x 3 x H x W`` (H, W >= 32), returning ``(N,)`` values in [0, 1]."""
         return self.score_features(self.encode_image(normalized))
+
+    def token_scores(self, normalized: torch.Tensor) -> torch.Tensor:
+        """A dense quality map: ``N x h x w`` scores, one per position of the trunk's stride-32 feature grid.
+
+        Each position is projected as the attention pool projects values
+        (:meth:`PositionFreeAttentionPool.project_tokens`) and scored like an image feature. This is a dense
+        approximation of local quality, not the score of any crop: each position sees far beyond its 32x32 cell
+        (the trunk's receptive field spans hundreds of pixels), and the whole-image score scores the attention-weighted
+        mean of these projections, not a mean of their scores.
+        """
+        return self.score_features(self.visual.attnpool.project_tokens(self.trunk_features(normalized)))
+
+    def scores_and_token_scores(self, normalized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(N,)`` image scores and the ``N x h x w`` :meth:`token_scores`, from one pass of the trunk."""
+        trunk = self.trunk_features(normalized)
+        scores = self.score_features(self.visual.attnpool(trunk))
+        return scores, self.score_features(self.visual.attnpool.project_tokens(trunk))
+
 

@@ -7,13 +7,12 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, List, Literal, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Iterable, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .engine import ScoreResult, iter_scores
 from .images import EncodedImage, ImageError, ImageInput, check_size, check_tensor, unsupported_input
@@ -21,6 +20,9 @@ from .model import QualiCLIP
 from .presets import DEFAULT_MODEL, get_preset
 from .prompts import PromptPair, as_prompt_pairs, preset_text_features
 from .weights import WeightsSpec, load_checkpoint, resolve_weights
+
+if TYPE_CHECKING:
+    from .maps import QualityMap
 
 Precision = Literal["fp32", "fp16", "bf16"]
 # Reduced precisions by name; the trainer uses the same names.
@@ -105,8 +107,14 @@ def load_model(
 
 def _load(weights: WeightsSpec, prompts, logit_scale: Optional[float], *, model: str = DEFAULT_MODEL,
           prompt_weights: WeightsSpec = None, prompt_revision: Optional[str] = None,
+          fold_into: Optional[torch.memory_format] = None,
           **where) -> Tuple[QualiCLIP, Optional[Tuple[PromptPair, ...]], Path]:
-    """The model, the prompt pairs it scores against (``None`` if unnamed) and the weights file."""
+    """The model, the prompt pairs it scores against (``None`` if unnamed) and the weights file.
+
+    With ``fold_into`` set, BatchNorms are folded into the convolutions (see :func:`_fold_batch_norms`), whose weights
+    are written once, in that memory format. Either way every tensor of the model is its own memory, not the
+    checkpoint file's, and each is written once: on a CPU the first write of fresh memory costs more than the copy.
+    """
     preset = get_preset(model)
     custom_pairs = None if prompts is None else as_prompt_pairs(prompts)
     preset.check_options(custom_pairs, prompt_weights, prompt_revision)
@@ -119,25 +127,52 @@ def _load(weights: WeightsSpec, prompts, logit_scale: Optional[float], *, model:
     with torch.device("meta"):
         image_tower = checkpoint.architecture.build_image_tower()
     image_tower.load_state_dict(checkpoint.image_tower_state(), strict=True, assign=True)
+    if fold_into is not None:
+        _fold_batch_norms(image_tower, fold_into)
+    _copy_out_of(checkpoint.clip_state.values(), image_tower)
     features, pairs = preset_text_features(preset, checkpoint, custom_pairs, prompt_file)
     scale = preset.logit_scale(checkpoint) if logit_scale is None else logit_scale
     return QualiCLIP(image_tower, features, scale).eval().requires_grad_(False), pairs, path
 
 
-def _fold_batch_norms(module: nn.Module) -> None:
+def _copy_out_of(file_tensors: Iterable[torch.Tensor], module: nn.Module) -> None:
+    """Gives each parameter and buffer of ``module`` that still shares memory with ``file_tensors`` its own copy.
+
+    A memory-mapped checkpoint's tensors read the file itself: one overwritten in place would change (or, truncated,
+    crash) a model in use.
+    """
+    file_memory = {tensor.untyped_storage().data_ptr() for tensor in file_tensors}
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.untyped_storage().data_ptr() in file_memory:
+                tensor.data = tensor.data.clone()
+
+
+def _fold_batch_norms(module: nn.Module, memory_format: torch.memory_format = torch.contiguous_format) -> None:
     """Folds each BatchNorm into the convolution registered just before it, leaving an Identity in its place.
 
     In CLIP's ModifiedResNet every BatchNorm is registered right after the convolution it normalises (``convK`` then
     ``bnK``; ``downsample`` is ``avgpool, conv, bn``). In eval mode such a pair is one convolution with a bias: the
-    same scores to float rounding, without a pass over every activation (about 15% of RN50's time on a CPU).
+    same scores to float rounding, without a pass over every activation (about 15% of RN50's time on a CPU). The
+    folded weights are new tensors in ``memory_format``; the convolution modules are updated in place.
     """
     for parent in list(module.modules()):
         previous_name, previous = None, None
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.BatchNorm2d) and isinstance(previous, nn.Conv2d):
-                setattr(parent, previous_name, fuse_conv_bn_eval(previous, child))
+                _fold_into_conv(previous, child, memory_format)
                 setattr(parent, name, nn.Identity())
             previous_name, previous = name, child
+
+
+@torch.no_grad()
+def _fold_into_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d, memory_format: torch.memory_format) -> None:
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    weight = torch.empty_like(conv.weight, memory_format=memory_format)
+    torch.mul(conv.weight, scale.view(-1, 1, 1, 1), out=weight)
+    shift = norm.running_mean if conv.bias is None else norm.running_mean - conv.bias
+    conv.weight = nn.Parameter(weight, requires_grad=False)
+    conv.bias = nn.Parameter(norm.bias - shift * scale, requires_grad=False)
 
 
 class QualityScorer:
@@ -215,12 +250,11 @@ class QualityScorer:
         self.max_image_pixels = None if max_image_pixels is None else int(max_image_pixels)
 
         self.model_name = model
-        self.model, self.prompts, self.weights_path = _load(
-            weights, prompts, logit_scale, model=model, prompt_weights=prompt_weights, prompt_revision=prompt_revision,
-            revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-        _fold_batch_norms(self.model.visual)
         # oneDNN and cuDNN convolutions run faster on NHWC tensors (about 1.3x for RN50 on a CPU); same results.
         self._memory_format = torch.channels_last if self.device.type in ("cpu", "cuda") else torch.contiguous_format
+        self.model, self.prompts, self.weights_path = _load(
+            weights, prompts, logit_scale, model=model, prompt_weights=prompt_weights, prompt_revision=prompt_revision,
+            revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, fold_into=self._memory_format)
         self.model.to(self.device, memory_format=self._memory_format)
 
     def __repr__(self) -> str:
@@ -238,8 +272,52 @@ class QualityScorer:
             ``(N,)`` float32 scores on the CPU.
         """
         with torch.inference_mode(), self._autocast():
-            batch = self.model.normalize(images.to(self.device, torch.float32, non_blocking=True))
-            return self.model(batch.contiguous(memory_format=self._memory_format)).float().cpu()
+            return self.model(self._network_input(images)).float().cpu()
+
+    def scores_and_token_scores_tensor(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Scores one batch of equally sized images and gives their tokens quality maps, from one forward pass.
+
+        Args:
+            images: Float tensor ``N x 3 x H x W`` with values in [0, 1], on any device (H, W >= 32).
+
+        Returns:
+            ``(N,)`` float32 scores and ``N x h x w`` float32 :meth:`QualiCLIP.token_scores`, on the CPU.
+        """
+        with torch.inference_mode(), self._autocast():
+            scores, tokens = self.model.scores_and_token_scores(self._network_input(images))
+            return scores.float().cpu(), tokens.float().cpu()
+
+    def quality_map(self, image: ImageInput, *, method: Literal["windows", "tokens"] = "windows",
+                    window: int = 224, stride: int = 112) -> "QualityMap":
+        """Where the image is good or poor: a grid of local scores, plus the whole image's score.
+
+        Args:
+            image: A path, PIL image, uint8 numpy array or float tensor ``3 x H x W`` in [0, 1].
+            method: ``windows``: each cell is the exact score of a ``window`` x ``window`` crop (the value
+                :meth:`score` gives that crop), crops every ``stride`` pixels, the last row and column aligned to the
+                border so every pixel is covered; a side shorter than the window gets one cell spanning it.
+                ``tokens``: one forward pass; a cell per 32 x 32 pixels, each position of the trunk's feature grid
+                scored as if the attention pool had attended to it alone. A dense approximation, not the score of
+                any crop; ``window`` and ``stride`` do not apply.
+            window: Crop side in pixels (at least 32), for ``windows``.
+            stride: Pixels between crop starts (1 to ``window``), for ``windows``.
+
+        Returns:
+            A :class:`~qualiclip_infer.maps.QualityMap`: ``values`` (``h x w`` in [0, 1]), ``boxes`` (each cell's
+            ``left, top, right, bottom``), ``score`` (the whole image). Draw it with
+            :func:`~qualiclip_infer.render.save_map`.
+
+        Raises:
+            ImageError: The image cannot be read or is under 32 x 32 pixels.
+            ValueError: An unknown method, or a window or stride out of range.
+        """
+        from .maps import quality_map
+
+        return quality_map(self, image, method=method, window=window, stride=stride)
+
+    def _network_input(self, images: torch.Tensor) -> torch.Tensor:
+        batch = self.model.normalize(images.to(self.device, torch.float32, non_blocking=True))
+        return batch.contiguous(memory_format=self._memory_format)
 
     def score(self, images: Union[ImageInput, Sequence[ImageInput]], *,
               on_error: Literal["raise", "nan"] = "raise") -> Union[float, List[float], torch.Tensor]:

@@ -156,12 +156,14 @@ class Checkpoint:
     _digest: dict = field(default_factory=dict, repr=False, compare=False)
 
     def image_tower_state(self) -> dict[str, torch.Tensor]:
-        """The image tower's tensors, keys relative to the tower, as fp32 copies out of any memory-mapped file.
+        """The image tower's tensors, keys relative to the tower, in fp32.
 
-        Files saved in fp16/bf16 are widened here: the tower is built in fp32 and autocast chooses precisions.
+        Files saved in fp16/bf16 are widened here: the tower is built in fp32 and autocast chooses precisions. Other
+        tensors are the checkpoint's own, not copies: for a ``.pth`` file, views of the memory-mapped file. Copy them
+        (``load_state_dict`` without ``assign`` does) before changing them or keeping them for long.
         """
         prefix = "visual."
-        return {k[len(prefix):]: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone()
+        return {k[len(prefix):]: v.float() if v.is_floating_point() else v
                 for k, v in self.clip_state.items() if k.startswith(prefix)}
 
     @property
@@ -318,8 +320,7 @@ def describe_content(content: object) -> str:
 def _check_clip_state(path: Path, state: dict[str, torch.Tensor], architecture: ClipArchitecture,
                       prefix: str = CLIP_PREFIX) -> None:
     """Completes ``state`` with absent batch counters, then raises on any other missing, extra or misshapen key."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in architecture.build_clip().state_dict().items()}
+    expected = architecture.state_shapes()
     # OpenAI's own files lack BatchNorm's batch counters; inference never reads them.
     for key in expected:
         if key.endswith(".num_batches_tracked") and key not in state:

@@ -33,19 +33,50 @@ OFFICIAL_TEXTS = [
 ]
 
 
-def random_clip(config: dict, seed: int) -> open_clip.CLIP:
-    """A CLIP with random weights, including BatchNorm statistics and a non-zero positional table."""
+# Scales that make every part of the tiny model matter (checked by tests/test_model.py): pool queries and keys
+# multiplied so that attention is far from uniform, and a common component added to every text feature so that each
+# antonym pair's features differ by a few hundredths, as CLIP's do, leaving each pair's probability between 0.05 and
+# 0.95 at a logit scale of 100 instead of at 0 or 1, where a wrong image feature would hardly change a score.
+ATTENTION_SHARPNESS = 3.0
+TEXT_COMMON_COMPONENT = 12.0
+
+
+def random_clip(config: dict, seed: int, text_common_component: float = TEXT_COMMON_COMPONENT) -> open_clip.CLIP:
+    """A CLIP with random weights in which every part of the forward moves the scores.
+
+    - BatchNorm statistics are measured on a few natural images (as training would leave them), then the affine
+      weights are drawn at random: features keep their spatial variation through all four stages. With made-up
+      statistics they are almost constant over the image, and attention over them uniform whatever its weights.
+    - The pool's query and key projections are scaled up (see ``ATTENTION_SHARPNESS``).
+    - The final text LayerNorm gets a large random bias: prompt features share one direction and the positive and
+      negative prompt of a pair are close (see ``TEXT_COMMON_COMPONENT``).
+    - The positional table is large and random: the official model ignores it, so any accidental use shows.
+    """
     torch.manual_seed(seed)
     clip = open_clip.CLIP(**config).eval()
+    visual = clip.visual
+    norms = [module for module in visual.modules() if isinstance(module, torch.nn.BatchNorm2d)]
     with torch.no_grad():
-        for module in clip.visual.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
-        # The official model ignores this table; a large one makes any accidental use visible.
-        clip.visual.attnpool.positional_embedding.normal_(0, 1)
+        for module in norms:
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.uniform_(-0.1, 0.1)
+            module.reset_running_stats()
+            module.momentum = None  # running statistics = plain averages over the calibration batch
+        mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+        std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+        calibration = torch.stack([torch.from_numpy(natural_image(64, 64, seed=100 + i)).permute(2, 0, 1)
+                                   for i in range(8)]).float() / 255
+        visual.train()
+        visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem((calibration - mean) / std)))))
+        visual.eval()
+        for module in norms:
+            module.momentum = 0.1
+        visual.attnpool.q_proj.weight.mul_(ATTENTION_SHARPNESS)
+        visual.attnpool.k_proj.weight.mul_(ATTENTION_SHARPNESS)
+        visual.attnpool.positional_embedding.normal_(0, 1)
+        width = clip.ln_final.bias.shape[0]
+        common = torch.nn.functional.normalize(torch.randn(width), dim=0)
+        clip.ln_final.bias.add_(text_common_component * width**0.5 * common)
     return clip
 
 
@@ -58,8 +89,9 @@ def official_state(clip: open_clip.CLIP, texts=OFFICIAL_TEXTS) -> dict:
     return state
 
 
-def write_checkpoint(path: Path, config: dict, seed: int) -> Path:
-    torch.save(official_state(random_clip(config, seed)), path)
+def write_checkpoint(path: Path, config: dict, seed: int, **options) -> Path:
+    """Saves ``official_state(random_clip(config, seed, **options))`` to ``path``."""
+    torch.save(official_state(random_clip(config, seed, **options)), path)
     return path
 
 

@@ -120,7 +120,9 @@ def test_pixel_limit_refuses_large_images_and_names_size_and_limit(tiny_checkpoi
     assert (results[1].width, results[1].height) == (65, 64)
     with pytest.raises(ImageError, match="over the limit"):
         scorer.score(torch.rand(2, 3, 64, 65))
-    assert math.isfinite(QualityScorer(tiny_checkpoint, device="cpu", max_image_pixels=None).score(large))
+    unlimited = QualityScorer(tiny_checkpoint, device="cpu", max_image_pixels=None)
+    expected = float(unlimited.score_tensor(torch.from_numpy(large).permute(2, 0, 1)[None].float() / 255)[0])
+    assert unlimited.score(large) == pytest.approx(expected, abs=1e-6)
 
 
 def test_out_of_memory_batch_is_retried_image_by_image(scorer, monkeypatch):

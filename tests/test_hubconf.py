@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import natural_image, save_image
 from PIL import Image
+from reference_qualiclip import score as reference_score
 from torchvision.transforms import Normalize, ToTensor
 
 from qualiclip_infer import QualiCLIP, QualityScorer, WeightsNotFoundError, load_model
@@ -82,8 +83,11 @@ def test_untrained_qualiclip_is_rn50_with_random_prompt_features():
     assert isinstance(model.visual.attnpool, PositionFreeAttentionPool)
     assert model.prompt_features.shape == (14, 1024)
     assert torch.allclose(model.prompt_features.norm(dim=1), torch.ones(14))
-    scores = model(torch.randn(2, 3, 64, 96))
-    assert scores.shape == (2,) and bool(((scores >= 0) & (scores <= 1)).all())
+    images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        scores = model(model.normalize(images)).double()
+    state = {f"visual.{k}": v for k, v in model.visual.state_dict().items()}
+    assert torch.allclose(scores, reference_score(state, model.prompt_features, images), atol=1e-5, rtol=0)
     assert hub_load("QualiCLIP", pretrained=False, logit_scale=50.0).logit_scale == 50.0
 
 

@@ -11,10 +11,11 @@ import pytest
 import torch
 from conftest import natural_image, save_image
 from PIL import Image, ImageOps
+from reference_qualiclip import read_checkpoint
 from reference_qualiclip import score as reference_score
 
 import qualiclip_infer.prompts as prompts_module
-from qualiclip_infer import OFFICIAL_PROMPT_PAIRS, ImageError, QualityScorer, load_checkpoint
+from qualiclip_infer import OFFICIAL_PROMPT_PAIRS, ImageError, QualityScorer
 from qualiclip_infer.engine import group_by_size
 from qualiclip_infer.images import image_size
 
@@ -159,7 +160,7 @@ def _text_features(tiny_checkpoint, texts):
     from conftest import TINY_CONFIG
 
     clip = open_clip.CLIP(**TINY_CONFIG).eval()
-    clip.load_state_dict(load_checkpoint(tiny_checkpoint).clip_state)
+    clip.load_state_dict(read_checkpoint(tiny_checkpoint)[0])
     with torch.no_grad():
         return clip.encode_text(open_clip.tokenize(texts), normalize=True)
 
@@ -169,7 +170,7 @@ def test_custom_prompts_match_reference(tiny_checkpoint):
     scorer = QualityScorer(tiny_checkpoint, device="cpu", prompts=pairs)
     images = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(1))
     features = _text_features(tiny_checkpoint, [t for pair in pairs for t in pair])
-    expected = reference_score(load_checkpoint(tiny_checkpoint).clip_state, features, images)
+    expected = reference_score(read_checkpoint(tiny_checkpoint)[0], features, images)
     assert torch.allclose(scorer.score(images).double(), expected, atol=1e-5)
     assert scorer.prompts == tuple(pairs) and scorer.model.num_pairs == 2
 
@@ -216,10 +217,10 @@ def test_bad_prompts_are_rejected(tiny_checkpoint):
 
 
 def test_logit_scale_50_is_pyiqas_temperature_2(tiny_checkpoint):
-    checkpoint = load_checkpoint(tiny_checkpoint)
+    clip_state, stored_features = read_checkpoint(tiny_checkpoint)
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     pyiqa_like = QualityScorer(tiny_checkpoint, device="cpu", logit_scale=50).score(images)
-    expected = reference_score(checkpoint.clip_state, checkpoint.prompt_features, images, logit_scale=100 / 2)
+    expected = reference_score(clip_state, stored_features, images, logit_scale=100 / 2)
     assert torch.allclose(pyiqa_like.double(), expected, atol=1e-5)
 
 

@@ -9,13 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
 import torch
 from conftest import RN50_CONFIG, TINY_CONFIG, official_state, random_clip
 from hub_server import FakeHub
 
-from qualiclip_infer import CheckpointError, WeightsNotFoundError, load_checkpoint, resolve_weights, save_checkpoint
+from qualiclip_infer import (CheckpointError, QualityScorer, WeightsNotFoundError, load_checkpoint, resolve_weights,
+                             save_checkpoint)
 from qualiclip_infer.model import ClipArchitecture
 from qualiclip_infer.weights import DEFAULT_FILENAME, DEFAULT_REPO_ID, HubFile
 
@@ -109,16 +111,30 @@ def test_non_checkpoint_files(tmp_path, content, cause):
 
 
 class _Payload:
+    """Unpickling this calls ``open(sentinel, "w")``: the file's existence shows that pickled code ran."""
+
+    def __init__(self, sentinel: Path):
+        self.sentinel = str(sentinel)
+
     def __reduce__(self):
-        return (os.system, ("echo pwned > /dev/null",))
+        return (open, (self.sentinel, "w"))
 
 
-def test_pickled_code_is_refused(tmp_path):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pickled_code_is_never_executed(tmp_path, good_state, zip_format):
+    sentinel = tmp_path / "payload-ran"
     path = tmp_path / "evil.pth"
-    torch.save({"prompts_features": _Payload()}, path)
+    torch.save({**good_state, "prompts_features": _Payload(sentinel)}, path,
+               _use_new_zipfile_serialization=zip_format)
     with pytest.raises(CheckpointError, match="refused to load") as caught:
         load_checkpoint(path)
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        QualityScorer(path, device="cpu")
+    assert not sentinel.exists()
+
+    torch.load(path, weights_only=False)  # the unsafe loader does run it: the payload is live
+    assert sentinel.exists()
 
 
 def test_legacy_pickle_and_non_dict(tmp_path, good_state):
@@ -195,9 +211,11 @@ def test_hub_revision_and_custom_repo(tmp_path, tiny_checkpoint):
         result = _score_in_subprocess(
             tmp_path, hub.endpoint,
             "s = QualityScorer('hf-hub:me/weights/nested/q.pth@v1.0', device='cpu')\n"
-            "print(json.dumps({'score': s.score(image)}))")
-    assert 0 <= result["score"] <= 1
+            "print(json.dumps({'score': s.score(image), 'path': str(s.weights_path)}))")
     assert any(path == "/me/weights/resolve/v1.0/nested/q.pth" for _, path, _ in hub.requests)
+    assert Path(result["path"]).read_bytes() == tiny_checkpoint.read_bytes()
+    local = QualityScorer(tiny_checkpoint, device="cpu").score(np.full((64, 80, 3), 120, np.uint8))
+    assert result["score"] == pytest.approx(local, abs=1e-6)  # the Hub file scores like the local one
 
 
 def test_hub_errors_are_explained(tmp_path, tiny_checkpoint):
