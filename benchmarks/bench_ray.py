@@ -54,9 +54,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per runner and set; medians are reported")
     parser.add_argument("--workdir", default="/tmp/qualiclip-bench", help="checkpoint, photos and outputs")
     parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
+    parser.add_argument("--explain", action="store_true",
+                        help="instead: where the CPU time of one plain and one --ray run goes, per process, and "
+                             "the CPU cost per image of RN50 with 1 and 2 torch threads")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     checkpoint, _ = _checkpoint(workdir / "rn50-random.pth")
+    if args.explain:
+        print(explain(workdir, checkpoint))
+        return
     started = datetime.datetime.now()
     load_before = os.getloadavg()[0]
     results: Dict[str, Dict[str, List[dict]]] = {}
@@ -122,13 +128,18 @@ class RunningCluster:
             self.process.wait(timeout=60)
 
 
-def measure(cli_args: Sequence[str], images: int, extra_tree: Optional[int] = None) -> dict:
-    """Runs ``qualiclip-score`` once; wall time, images/s, peak PSS of its process tree (plus ``extra_tree``)."""
+def measure(cli_args: Sequence[str], images: int, extra_tree: Optional[int] = None,
+            sampler_out: Optional["TreeSampler"] = None) -> dict:
+    """Runs ``qualiclip-score`` once; wall time, images/s, peak PSS of its process tree (plus ``extra_tree``).
+
+    ``sampler_out``: a sampler (with no roots yet) to use, so that the caller can read its details afterwards.
+    """
     busy_before = _busy_cpu_seconds()
     spawned = time.time()
     child = subprocess.Popen([sys.executable, "-m", "qualiclip_infer", *cli_args], cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    sampler = TreeSampler([child.pid] + ([extra_tree] if extra_tree else []))
+    sampler = sampler_out or TreeSampler([])
+    sampler.roots = [child.pid] + ([extra_tree] if extra_tree else [])
     sampler.start()
     stderr = child.communicate()[1]
     exited = time.time()
@@ -149,6 +160,7 @@ class TreeSampler(threading.Thread):
         self.roots = roots
         self.peak_pss_kb = 0
         self._cpu_ticks: Dict[int, int] = {}
+        self.names: Dict[int, str] = {}  # what each process was last seen doing (Ray renames its workers)
         self._first_ticks: Dict[int, int] = {}  # CPU time already used by processes older than the run
         self._stop_event = threading.Event()
         with open("/proc/uptime") as f:
@@ -164,11 +176,22 @@ class TreeSampler(threading.Thread):
                     if pid not in self._cpu_ticks and pid != self.roots[0] and not self._started_since(pid):
                         self._first_ticks[pid] = ticks
                     self._cpu_ticks[pid] = ticks
+                    name = _process_name(pid)
+                    if name and (pid not in self.names or name != "ray::IDLE"):
+                        self.names[pid] = name
             self._stop_event.wait(0.2)
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
+
+    def cpu_by_name(self) -> Dict[str, float]:
+        """:meth:`cpu_s`, split by process name."""
+        by_name: Dict[str, float] = {}
+        for pid, ticks in self._cpu_ticks.items():
+            name = self.names.get(pid, "?")
+            by_name[name] = by_name.get(name, 0.0) + (ticks - self._first_ticks.get(pid, 0)) / _CLOCK_TICKS
+        return by_name
 
     def cpu_s(self) -> float:
         """CPU seconds the sampled processes used during the run, as last seen (a lower bound: a process that exits
@@ -200,6 +223,24 @@ class TreeSampler(threading.Thread):
         return found
 
 
+def _process_name(pid: int) -> str:
+    """``ray::...`` titles as they are, Ray's daemons and the CLI by their program, else the command's first word."""
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            words = f.read().split("\0")
+    except OSError:
+        return ""
+    if words[0].startswith("ray::"):
+        return words[0].split(" ")[0].split(".")[0]
+    if len(words) > 2 and words[1].endswith("/ray") and words[2] == "start":
+        return "ray start"
+    for word in words:
+        for known in ("gcs_server", "raylet", "dashboard.py", "log_monitor.py", "monitor.py", "qualiclip_infer"):
+            if word.endswith(known) or word == known:
+                return "qualiclip-score" if known == "qualiclip_infer" else known
+    return os.path.basename(words[0])
+
+
 def _parent(pid: int) -> Optional[int]:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -223,6 +264,44 @@ def _pss_kb(pid: int) -> int:
             return next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
     except (OSError, ValueError):
         return 0
+
+
+def explain(workdir: Path, checkpoint: Path) -> str:
+    """Markdown: CPU seconds per process of a plain and a ``--ray`` run (running cluster, 500 photos of 224x224),
+    and CPU seconds per image of the scorer alone with 1 and 2 torch threads."""
+    width, height, count = SETS["224x224"]
+    folder = _photos(workdir / f"224x224x{count}", width, height, count)
+    lines = ["", "### Where the CPU time goes (`python benchmarks/bench_ray.py --explain`)", "",
+             f"One run each on 500 photos of 224x224, a Ray cluster already running; CPU seconds per process "
+             f"(load average {os.getloadavg()[0]:.1f} at the start):", "",
+             "| process | plain | --ray |", "|---|---:|---:|"]
+    split: Dict[str, Dict[str, float]] = {}
+    with RunningCluster(workdir / "ray-tmp") as address:
+        for runner, ray_args in (("plain", []), ("--ray", ["--ray", address.name])):
+            sampler = TreeSampler([])
+            measure([*ray_args, str(folder), "--weights", str(checkpoint), "-q", "-o", str(workdir / "explain.csv")],
+                    count, extra_tree=address.pid if ray_args else None, sampler_out=sampler)
+            split[runner] = sampler.cpu_by_name()
+    names = sorted(set(split["plain"]) | set(split["--ray"]), key=lambda n: -split["--ray"].get(n, 0))
+    for name in names:
+        plain, on_ray = split["plain"].get(name, 0.0), split["--ray"].get(name, 0.0)
+        if max(plain, on_ray) >= 0.05:
+            lines.append(f"| `{name}` | {plain:.1f} | {on_ray:.1f} |")
+    lines.append(f"| total | {sum(split['plain'].values()):.1f} | {sum(split['--ray'].values()):.1f} |")
+    lines += ["", "CPU seconds per 224x224 image of `QualityScorer.iter_scores` alone (120 photos, model loaded, one "
+                  "process; 2 runs each):", "", "| torch threads | CPU s / image | wall s / image |", "|---:|---:|---:|"]
+    program = ("import resource, sys, time, glob, torch; torch.set_num_threads(int(sys.argv[1])); "
+               "from qualiclip_infer import QualityScorer; paths = sorted(glob.glob(sys.argv[2] + '/*.jpg'))[:120]; "
+               "s = QualityScorer(sys.argv[3], device='cpu'); r = resource.getrusage(resource.RUSAGE_SELF); "
+               "t = time.time(); list(s.iter_scores(paths)); e = resource.getrusage(resource.RUSAGE_SELF); "
+               "print((e.ru_utime + e.ru_stime - r.ru_utime - r.ru_stime) / 120, (time.time() - t) / 120)")
+    for threads in (1, 2):
+        runs = [subprocess.run([sys.executable, "-c", program, str(threads), str(folder), str(checkpoint)],
+                               capture_output=True, text=True, cwd=REPO, check=True).stdout.split()
+                for _ in range(2)]
+        lines.append(f"| {threads} | {', '.join(run[0][:6] for run in runs)} | "
+                     f"{', '.join(run[1][:6] for run in runs)} |")
+    return "\n".join(lines)
 
 
 def read_scores(path: Path) -> Dict[str, float]:

@@ -29,9 +29,9 @@ RAY_EXTRA_HINT = 'pip install "qualiclip-infer[ray]"'
 # stream out while the run goes on), many enough that each call amortises Ray's per-task cost (milliseconds).
 _MAX_ROWS_PER_CALL = 256
 _CALLS_PER_ACTOR = 4
-# RN50 on the CPU costs less CPU time per image with two torch threads than with one (0.063 against 0.084 CPU-seconds
+# RN50 on the CPU costs less CPU time per image with two torch threads than with one (0.058 against 0.081 CPU-seconds
 # per 224x224 image on 2 EPYC cores: benchmarks/RESULTS.md), and every actor holds its own model copy (about 1 GB),
-# so CPU actors get several CPUs each by default. More than 4 threads per actor were not measured.
+# so CPU actors get several CPUs each by default. More than 2 threads per actor were not measured.
 MAX_DEFAULT_CPUS_PER_ACTOR = 4
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
