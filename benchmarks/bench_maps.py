@@ -26,10 +26,10 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_score import _busy_cpu_seconds, _checkpoint, _cpu_model, _test_helpers, _yes  # noqa: E402
+from bench_score import _busy_cpu_seconds, _checkpoint, _cpu_model, _test_helpers  # noqa: E402
 
 WIDTH, HEIGHT = 1024, 768
 TOKENS_TARGET = 1.2
@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/qualiclip-bench", help="where the RN50 checkpoint is kept")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--max-batch-pixels", type=int, help="the scorer's pixel cap per batch (default: its own)")
+    parser.add_argument("--crop-batches", metavar="N,N,...",
+                        help="instead: time score_tensor on the 48 crops in batches of each size (e.g. 1,4,8,16,48)")
     args = parser.parse_args()
 
     import torch
@@ -59,6 +61,23 @@ def main() -> None:
     def one_by_one() -> None:
         for left, top, right, bottom in boxes:
             scorer.score(photo[:, top:bottom, left:right])
+
+    if args.crop_batches:
+        crops = torch.stack([photo[:, top:bottom, left:right] for left, top, right, bottom in boxes])
+        sizes = [int(size) for size in args.crop_batches.split(",")]
+        runs: Dict[int, List[Tuple[float, float]]] = {size: [] for size in sizes}
+        for repeat in range(args.repeats + 1):
+            for size in sizes:
+                own, start = _own_cpu_seconds(), time.perf_counter()
+                for chunk in crops.split(size):
+                    scorer.score_tensor(chunk)
+                if repeat:
+                    runs[size].append((time.perf_counter() - start, _own_cpu_seconds() - own))
+        print(f"\n{len(boxes)} crops of 224x224 through `score_tensor`, {torch.get_num_threads()} torch threads, "
+              f"best of {args.repeats}:\n\n| batch | best wall s | best CPU s |\n|---:|---:|---:|")
+        for size, values in runs.items():
+            print(f"| {size} | {min(v[0] for v in values):.2f} | {min(v[1] for v in values):.2f} |")
+        return
 
     runners: Dict[str, Callable[[], object]] = {
         "windows map": lambda: scorer.quality_map(photo),
@@ -83,6 +102,10 @@ def main() -> None:
                 cpu[name].append(used)
                 load[name].append(max(0.0, _busy_cpu_seconds() - busy - used) / elapsed)
     print(_report(times, cpu, load, len(boxes), scorer, args))
+
+
+def _yes(met: bool) -> str:
+    return "yes" if met else "**no**"
 
 
 def _own_cpu_seconds() -> float:
