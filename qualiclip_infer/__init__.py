@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .maps import QualityMap
     from .model import QualiCLIP
     from .presets import PRESETS
+    from .distributed import score_dataset
     from .prompts import OFFICIAL_PROMPT_PAIRS
     from .render import render_map, save_map
     from .scorer import QualityScorer, load_model
@@ -38,6 +39,7 @@ _EXPORTS = {
     "load_checkpoint": "weights",
     "resolve_weights": "weights",
     "save_checkpoint": "weights",
+    "score_dataset": "distributed",
     "evaluate": "eval",
     "read_mos": "eval",
     "QualityMap": "maps",

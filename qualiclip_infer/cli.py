@@ -18,7 +18,7 @@ import os
 import re
 import statistics
 import sys
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ._errors import first_line
 from ._version import __version__
@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", metavar="FILE", help="write rows to FILE instead of standard output")
     out.add_argument("--format", choices=FORMATS,
-                     help="default: from the -o suffix (.csv, .jsonl, .json), else table on a terminal, else csv")
+                     help="default: from the -o suffix (.csv, .jsonl, .json, .parquet), else table on a terminal, "
+                          "else csv; parquet (needs the ray extra) writes a file, or part files into -o DIR/")
     out.add_argument("--resume", action="store_true",
                      help="with -o FILE (csv or jsonl): append, skipping images already in FILE")
     out.add_argument("--sort", choices=("score", "path"),
@@ -88,7 +89,46 @@ def build_parser() -> argparse.ArgumentParser:
                           "default) or tokens (one pass, a cell per 32x32 pixels; an approximation)")
 
     add_scoring_options(parser)
+
+    cluster = parser.add_argument_group("Ray cluster (needs: pip install \"qualiclip-infer[ray]\")")
+    cluster.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                         help="score on Ray: 'local' (default: a new cluster on this machine), 'auto' (the cluster "
+                              "this machine belongs to), ray://HOST:PORT or HOST:PORT; PATHs may also be s3://, "
+                              "gs://... URIs; --threads and --workers then apply per actor")
+    cluster.add_argument("--actors", type=parse_actors, metavar="N|MIN-MAX",
+                         help="with --ray: number of scoring actors, or an autoscaling range (default: 1 up to "
+                              "what the cluster's CPUs/GPUs allow)")
+    cluster.add_argument("--cpus-per-actor", type=_positive_float, metavar="X",
+                         help="with --ray: CPUs (and torch threads) per actor (default: the smallest node's CPUs, at "
+                              "most 4; 1 with --gpus-per-actor)")
+    cluster.add_argument("--gpus-per-actor", type=_positive_float, metavar="X",
+                         help="with --ray: GPUs per actor; 0.25 packs four actors onto each GPU (default: none)")
     return parser
+
+
+def parse_actors(text: str) -> Union[int, Tuple[int, int]]:
+    """Parses ``N`` or ``MIN-MAX`` for ``--actors``.
+
+    Raises:
+        argparse.ArgumentTypeError: Not a positive integer or a range ``1 <= MIN <= MAX``.
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
+    if not match or int(match[1]) < 1 or (match[2] is not None and int(match[2]) < int(match[1])):
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX with 1 <= MIN <= MAX, got {text!r}")
+    return int(match[1]) if match[2] is None else (int(match[1]), int(match[2]))
+
+
+def _ray_address_first(argv: Sequence[str]) -> List[str]:
+    """``--ray`` takes an optional ADDRESS; a bare ``--ray`` followed by a PATH must not swallow that PATH."""
+    argv = list(argv)
+    for index, arg in enumerate(argv[:-1]):
+        if arg == "--ray" and not argv[index + 1].startswith("-") and not _is_ray_address(argv[index + 1]):
+            argv[index] = "--ray=local"
+    return argv
+
+
+def _is_ray_address(text: str) -> bool:
+    return text in ("local", "auto") or text.startswith("ray://") or re.fullmatch(r"[\w.-]+:\d+", text) is not None
 
 
 def add_scoring_options(parser: argparse.ArgumentParser, *, several_weights: bool = False) -> None:
@@ -215,10 +255,10 @@ def in_shard(path: str, shard: int, shards: int) -> bool:
 class _Progress:
     """A tqdm bar on standard error when it is a terminal, and the per-file error messages."""
 
-    def __init__(self, total: int, quiet: bool):
+    def __init__(self, total: int, quiet: bool, bar: bool = True):
         self._quiet = quiet
         self._bar = None
-        if not quiet and sys.stderr.isatty():
+        if bar and not quiet and sys.stderr.isatty():
             try:
                 from tqdm import tqdm  # installed with huggingface_hub, but not a promise of ours
             except ImportError:
@@ -275,7 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Returns:
         The exit status: 0 all images scored, 1 some failed, 2 usage error, 130 interrupted.
     """
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_ray_address_first(sys.argv[1:] if argv is None else argv))
     try:
         return _run(args)
     except UsageError as error:
@@ -297,7 +337,12 @@ def _run(args: argparse.Namespace) -> int:
         os.environ["HF_HUB_OFFLINE"] = "1"
     prompts = read_prompts(args.prompts) if args.prompts else None
     try:
-        paths = find_images(args.paths, recursive=args.recursive, hidden=args.hidden)
+        if args.ray is not None:
+            from .distributed import find_inputs  # also lists s3://, gs://... URIs
+
+            paths = find_inputs(args.paths, recursive=args.recursive, hidden=args.hidden)
+        else:
+            paths = find_images(args.paths, recursive=args.recursive, hidden=args.hidden)
     except InputNotFoundError as error:
         raise UsageError(str(error)) from None
     if not paths:
@@ -317,17 +362,25 @@ def _run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{PROG}: resuming: {len(finished)} images already in {args.output}, {len(paths)} to score",
                   file=sys.stderr)
-    scorer = _load_scorer(args, prompts)
+    maps = None
+    if args.ray is not None:
+        rows = _ray_rows(args, paths, prompts)
+    else:
+        scorer = _load_scorer(args, prompts)
+        rows = scorer.iter_scores(paths, workers=args.workers)
+        maps = _MapWriter(scorer, map_files, args.map_method) if args.maps else None
     try:
-        stream = open_output(args.output, append=args.resume)
+        stream = None if fmt == "parquet" else open_output(args.output, append=args.resume)
     except OutputFileError as error:
         raise UsageError(str(error)) from None
     try:
-        writer = RowWriter(stream, fmt, header=not has_content, path_width=max(map(len, paths), default=4))
-        maps = _MapWriter(scorer, map_files, args.map_method) if args.maps else None
-        scores, failures = _score_and_write(scorer, paths, args, writer, maps)
+        if stream is None:
+            writer = _parquet_writer(args.output)
+        else:
+            writer = RowWriter(stream, fmt, header=not has_content, path_width=max(map(len, paths), default=4))
+        scores, failures = _score_and_write(rows, len(paths), args, writer, maps)
     finally:
-        if stream is not sys.stdout:
+        if stream is not None and stream is not sys.stdout:
             stream.close()
     if args.summary:
         print(summary(scores, failures), file=sys.stderr)
@@ -340,7 +393,24 @@ def _output_format(args: argparse.Namespace) -> str:
         raise UsageError(f"--min-score {args.min_score} is above --max-score {args.max_score}")
     if args.reverse and not args.sort:
         raise UsageError("--reverse needs --sort")
+    if args.ray is None and (args.actors or args.cpus_per_actor or args.gpus_per_actor):
+        raise UsageError("--actors, --cpus-per-actor and --gpus-per-actor need --ray")
+    if args.ray is not None and args.maps:
+        raise UsageError("--maps cannot be combined with --ray: maps are drawn by a local scorer")
     fmt = choose_format(args.format, args.output, sys.stdout.isatty())
+    if fmt == "parquet" and not args.output:
+        raise UsageError("parquet output needs -o FILE.parquet or -o FOLDER/")
+    try:  # before any file is touched or the model loaded
+        if args.ray is not None:
+            from .distributed import require_ray
+
+            require_ray("--ray")
+        if fmt == "parquet":
+            from .parquet_rows import require_pyarrow
+
+            require_pyarrow()
+    except ImportError as error:
+        raise UsageError(str(error)) from error
     if args.resume:
         if not args.output:
             raise UsageError("--resume needs -o FILE")
@@ -380,15 +450,50 @@ def _load_scorer(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str
         raise UsageError(f"cannot load the model: {first_line(error)}") from error
 
 
-def _score_and_write(scorer: QualityScorer, paths: Sequence[str], args: argparse.Namespace,
-                     writer: RowWriter, maps: Optional[_MapWriter] = None) -> Tuple[List[float], int]:
-    """Scores, reports and writes every path (and draws its map); returns the scores and the number of failures."""
+def _ray_rows(args: argparse.Namespace, paths: Sequence[str],
+             prompts: Optional[List[Tuple[str, str]]]) -> Iterator[ScoreResult]:
+    """Rows scored on a Ray cluster, as the actors finish them (in no particular order)."""
+    if not paths:  # nothing left to score: no need to start a cluster
+        return
+    from .distributed import connect, ray_error_cause, score_dataset
+    from .results import ScoreResult  # not the engine: the driver needs no torch
+
+    try:
+        connect(None if args.ray == "local" else args.ray, quiet=args.quiet)
+        dataset = score_dataset(paths, threads=args.threads, workers=args.workers, concurrency=args.actors,
+                                num_cpus=args.cpus_per_actor, num_gpus=args.gpus_per_actor or 0,
+                                **scorer_options(args, prompts))
+        index = 0
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():
+                yield ScoreResult(index, row["path"], row["score"], row["width"], row["height"], row["error"])
+                index += 1
+    except (ImportError, ValueError, ConnectionError) as error:
+        raise UsageError(first_line(error)) from error
+    except Exception as error:
+        if type(error).__module__.split(".")[0] != "ray":
+            raise
+        raise UsageError(f"the Ray job failed: {ray_error_cause(error)}") from error
+
+
+def _parquet_writer(path: str) -> RowWriter:
+    try:
+        from .parquet_rows import ParquetRowWriter
+
+        return ParquetRowWriter(path)
+    except OSError as error:
+        raise UsageError(f"-o {path}: {error.strerror or first_line(error)}") from error
+
+
+def _score_and_write(rows: Iterable[ScoreResult], total: int, args: argparse.Namespace, writer: RowWriter,
+                     maps: Optional[_MapWriter] = None) -> Tuple[List[float], int]:
+    """Reports and writes the rows as they are scored, drawing their maps; returns the scores and the failures."""
     scores: List[float] = []
     failures = 0
     held: List[ScoreResult] = []
-    progress = _Progress(len(paths), args.quiet)
+    progress = _Progress(total, args.quiet, bar=args.ray is None)  # with --ray, Ray Data draws its own
     try:
-        for row in scorer.iter_scores(paths, workers=args.workers):
+        for row in rows:
             if maps is not None:
                 maps.write(row)
             progress.advance(row)

@@ -21,6 +21,7 @@ import torch
 
 from ._errors import first_line
 from .images import ImageError, ImageInput, check_size, describe_error, input_size, name_of, to_tensor
+from .results import ScoreResult  # the engine's result type, kept in a torch-free module for the front ends
 
 if TYPE_CHECKING:
     from .scorer import QualityScorer
@@ -30,32 +31,6 @@ if TYPE_CHECKING:
 PROBE_WINDOW = 256
 # Batches decoded ahead of the model: enough to keep it busy, few enough to bound memory.
 PREFETCH_BATCHES = 2
-
-
-@dataclass
-class ScoreResult:
-    """The outcome for one input.
-
-    Attributes:
-        index: Position of the input in the sequence given.
-        name: The path (``os.fspath``) for a path, else the name given for it, else ``input[<index>]``.
-        score: Quality in [0, 1], higher is better; ``None`` when the input could not be scored.
-        width: Upright width in pixels; ``None`` when not even the header could be read.
-        height: Upright height in pixels; ``None`` when not even the header could be read.
-        error: Why the input was not scored, on one line and without the name; empty when scored.
-    """
-
-    index: int
-    name: str
-    score: Optional[float] = None
-    width: Optional[int] = None
-    height: Optional[int] = None
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """Whether the input was scored."""
-        return self.score is not None
 
 
 def default_workers() -> int:

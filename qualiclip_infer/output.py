@@ -21,9 +21,9 @@ import sys
 from typing import IO, Any, Iterable, NamedTuple, Optional, Protocol, Sequence, Set, TextIO, Tuple
 
 COLUMNS = ("path", "score", "width", "height", "error")
-FORMATS = ("table", "csv", "jsonl", "json")
+FORMATS = ("table", "csv", "jsonl", "json", "parquet")
 RESUMABLE_FORMATS = ("csv", "jsonl")
-SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
 SCORE_DECIMALS = 8  # float32 scores carry ~7 significant digits
 _TOOL = "qualiclip-score"
 # Output files are UTF-8; file names that are not are written as their raw bytes and read back the same way.
@@ -62,7 +62,8 @@ class Finished(NamedTuple):
 
 
 def choose_format(requested: Optional[str], output: Optional[str], terminal: bool) -> str:
-    """The output format: ``requested`` if given, else from the ``-o`` suffix, else table on a terminal, else csv.
+    """The output format: ``requested`` if given, else from the ``-o`` suffix (a folder: parquet), else table on a
+    terminal, else csv.
 
     Args:
         requested: The ``--format`` value, or ``None``.
@@ -72,6 +73,10 @@ def choose_format(requested: Optional[str], output: Optional[str], terminal: boo
     if requested:
         return requested
     if output:
+        from .parquet_rows import is_folder_target  # a folder can only hold Parquet part files
+
+        if is_folder_target(output):
+            return "parquet"
         return SUFFIX_FORMATS.get(os.path.splitext(output)[1].lower(), "csv")
     return "table" if terminal else "csv"
 

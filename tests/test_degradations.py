@@ -352,3 +352,36 @@ def test_degradation_grid_resizes_and_crops(image: torch.Tensor) -> None:
         degradation_grid((image * 255).to(torch.uint8), tile=40)
     with pytest.raises(ValueError):
         degradation_grid(image, names=["blur"], tile=40)
+
+
+def test_degradation_grid_degrades_at_the_crop_size_then_shrinks_to_the_tile(image: torch.Tensor) -> None:
+    crop, tile = 96, 40
+    square = image[:, :crop, 16 : 16 + crop]  # already crop x crop: resizing and cropping keep it as is
+    names = ("jpeg2000", "pixelate", "white_noise")
+    grid = np.asarray(degradation_grid(square, names=names, tile=tile, seed=3, crop_size=crop))
+    label_width = grid.shape[1] - NUM_LEVELS * tile
+    header = grid.shape[0] - len(names) * tile
+    for row, name in enumerate(names):
+        for level in range(1, NUM_LEVELS + 1):
+            degraded = degrade(square[None], name, level, _seeded(3))
+            expected = F.interpolate(degraded, size=(tile, tile), mode="bilinear", antialias=True, align_corners=False)
+            expected = (expected[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            top, left = header + row * tile, label_width + (level - 1) * tile
+            drawn = grid[top : top + tile, left : left + tile].astype(int)
+            assert np.abs(drawn - expected).max() <= 1, f"{name} level {level}"
+
+
+def test_small_tiles_show_what_a_training_crop_sees(image: torch.Tensor) -> None:
+    """JPEG2000 at level 5 on a 224-pixel crop, shrunk to 48, keeps the picture; degraded at 48 it is mush."""
+    big = F.interpolate(image[None], size=(224, 224), mode="bilinear", align_corners=False)[0].clamp(0, 1)
+    tile = 48
+
+    def level5_tile(crop_size: int) -> np.ndarray:
+        grid = np.asarray(degradation_grid(big, names=["jpeg2000"], tile=tile, crop_size=crop_size)).astype(float)
+        return grid[-tile:, -tile:]  # the last column: level 5
+
+    shrunk = F.interpolate(big[None], size=(tile, tile), mode="bilinear", antialias=True, align_corners=False)[0]
+    clean = (shrunk.permute(1, 2, 0).numpy() * 255).round()
+    error_at_crop, error_at_tile = (np.abs(level5_tile(size) - clean).mean() for size in (224, tile))
+    print(f"mean error of the level-5 tile: {error_at_crop:.1f} degraded at 224, {error_at_tile:.1f} at {tile}")
+    assert error_at_crop < error_at_tile / 2

@@ -1,8 +1,8 @@
 """Training data: pristine images, seeded overlapping crops, and their degradation on the device.
 
 Every random choice is drawn from a generator keyed by ``(seed, purpose, index)`` rather than from a running
-state, so a sample depends only on its index: runs are reproducible whatever the number of loader workers, and a
-resumed run only needs to know how many samples it has consumed.
+state, so a sample depends only on its index (and on which images turned out unusable): runs are reproducible
+whatever the number of loader workers, and a resumed run only needs to know how many samples it has consumed.
 """
 
 from __future__ import annotations
@@ -10,15 +10,14 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, NamedTuple, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
-from ..files import image_extensions
-from ..images import open_image
+from .._errors import first_line
+from ..images import ImageError, open_image
 from .degradations import NUM_LEVELS, degrade
 
 CROPS_PER_SAMPLE = 2
@@ -37,18 +36,6 @@ def derive_seed(*keys: int) -> int:
 def keyed_rng(*keys: int) -> np.random.Generator:
     """A numpy generator keyed by ``keys``: the same keys always give the same draws."""
     return np.random.default_rng([int(k) for k in keys])
-
-
-def list_images(root: Union[str, os.PathLike]) -> List[Path]:
-    """Image files under ``root``, recursively, by suffix (any format Pillow reads), in sorted order.
-
-    Raises:
-        FileNotFoundError: ``root`` is not a folder.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder")
-    return sorted(path for path in root.rglob("*") if path.suffix.lower() in image_extensions() and path.is_file())
 
 
 def split_images(paths: Sequence[Path], val_fraction: float, seed: int) -> Tuple[List[Path], List[Path]]:
@@ -98,34 +85,72 @@ def overlapping_boxes(width: int, height: int, size: int, count: int,
     return boxes
 
 
-def fit_for_crops(image: Image.Image, size: int) -> Image.Image:
-    """Upscales (bicubic) an image whose shorter side is below ``size`` so that a crop fits; others are unchanged."""
-    width, height = image.size
-    if min(width, height) >= size:
-        return image
-    scale = size / min(width, height)
-    return image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC)
+class Sample(NamedTuple):
+    """One sample of a :class:`CropStream`."""
+
+    crops: torch.Tensor  # crops x 3 x size x size, uint8
+    distortion: int  # index of the distortion type that degrades all its crops
+    skipped: Tuple[str, ...]  # one line per image that failed to load for it (each starts with the image's path)
+
+
+class Batch(NamedTuple):
+    """Samples collated by :func:`collate_samples`."""
+
+    crops: torch.Tensor  # B x crops x 3 x size x size, uint8
+    distortions: torch.Tensor  # (B,) int64
+    skipped: Tuple[str, ...]
+
+
+def collate_samples(samples: Sequence[Sample]) -> Batch:
+    """Stacks samples into a :class:`Batch` (a DataLoader ``collate_fn``)."""
+    return Batch(torch.stack([sample.crops for sample in samples]),
+                 torch.tensor([sample.distortion for sample in samples], dtype=torch.int64),
+                 tuple(line for sample in samples for line in sample.skipped))
+
+
+class StreamSampler(Sampler):
+    """Sample numbers ``start, start + 1, ..., stop - 1`` of a :class:`CropStream`.
+
+    One pass runs over as many epochs as the run needs, so one loader (and one set of worker processes) serves the
+    whole run. The shuffle is the stream's, seeded per epoch, so the position to resume from is just the number of
+    samples consumed.
+    """
+
+    def __init__(self, start: int, stop: int):
+        if not 0 <= start <= stop:
+            raise ValueError(f"need 0 <= start <= stop, got {start} and {stop}")
+        self.start, self.stop = start, stop
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
 
 
 class CropStream(Dataset):
-    """An endless, seeded stream of crop groups: sample ``k`` is fully determined by ``(seed, k)``.
+    """An endless, seeded stream of crop groups: sample ``k`` is determined by ``(seed, k)`` and the unusable images.
 
     Epoch ``e`` is samples ``e * len(paths)`` to ``(e + 1) * len(paths) - 1``: every image once, in an order
-    shuffled per epoch. A sample is ``crops`` overlapping crops of one image (``crops x 3 x size x size`` uint8) and
-    the index of the distortion type that will degrade them all. Index it with any sampler of sample numbers, e.g.
-    a ``range``.
+    shuffled per epoch. A sample is ``crops`` overlapping crops of one image and the index of the distortion type that
+    will degrade them all. An image that cannot be used (unreadable, truncated, smaller than a crop, deleted) is
+    skipped: the sample takes the next image of the epoch's order instead, with the same random draws, and reports
+    the failure in :attr:`Sample.skipped`; this stream then avoids the image without opening it again. Skipping the
+    same images thus gives the same samples, whether they were known to be bad up front (``unusable``) or found so
+    on the way.
 
     Args:
         paths: The images.
-        crop_size: Side of the square crops; smaller images are upscaled to fit.
+        crop_size: Side of the square crops; images with a smaller side are unusable.
         crops: Crops per sample.
         num_distortions: Distortion types to choose from (uniformly), as indices ``0 .. num_distortions - 1``.
         seed: Seed of the stream.
         purpose: Keys the stream, so that e.g. validation samples differ from training samples.
+        unusable: Images to skip without opening them.
     """
 
     def __init__(self, paths: Sequence[Path], crop_size: int, crops: int, num_distortions: int, seed: int,
-                 purpose: int = TRAIN_SAMPLES):
+                 purpose: int = TRAIN_SAMPLES, unusable: Iterable[Path] = ()):
         if not paths:
             raise ValueError("no images to sample from")
         self.paths = list(paths)
@@ -134,23 +159,44 @@ class CropStream(Dataset):
         self.num_distortions = num_distortions
         self.seed = seed
         self.purpose = purpose
+        self.unusable: Set[Path] = set(unusable)
         self._order: Tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
 
-    def image_index(self, sample: int) -> int:
-        """Which image sample ``sample`` is cut from."""
+    def image_index(self, sample: int, offset: int = 0) -> int:
+        """Which image sample ``sample`` is cut from; with ``offset``, the one that many places later in the epoch."""
         epoch, position = divmod(sample, len(self.paths))
         if self._order[0] != epoch:
             self._order = (epoch, keyed_rng(self.seed, self.purpose, epoch).permutation(len(self.paths)))
-        return int(self._order[1][position])
+        return int(self._order[1][(position + offset) % len(self.paths)])
 
-    def __getitem__(self, sample: int) -> Tuple[torch.Tensor, int]:
+    def __getitem__(self, sample: int) -> Sample:
         rng = keyed_rng(self.seed, self.purpose, sample)
-        image = fit_for_crops(open_image(self.paths[self.image_index(sample)]), self.crop_size)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-        boxes = overlapping_boxes(image.width, image.height, self.crop_size, self.crops, rng)
-        crops = torch.stack([pixels[:, top:top + self.crop_size, left:left + self.crop_size]
-                             for left, top in boxes])
-        return crops, int(rng.integers(self.num_distortions))
+        skipped: List[str] = []
+        for offset in range(len(self.paths)):
+            path = self.paths[self.image_index(sample, offset)]
+            if path in self.unusable:
+                continue
+            try:
+                pixels = self._pixels(path)
+            except ImageError as error:
+                self.unusable.add(path)
+                skipped.append(first_line(error))
+                continue
+            # Drawn only once an image has loaded, so that skipping one leaves the draws unchanged.
+            boxes = overlapping_boxes(pixels.shape[2], pixels.shape[1], self.crop_size, self.crops, rng)
+            crops = torch.stack([pixels[:, top:top + self.crop_size, left:left + self.crop_size]
+                                 for left, top in boxes])
+            return Sample(crops, int(rng.integers(self.num_distortions)), tuple(skipped))
+        last = skipped[-1] if skipped else "every one had failed before"
+        raise ImageError(f"none of the {len(self.paths)} images can be used any more (last failure: {last})")
+
+    def _pixels(self, path: Path) -> torch.Tensor:
+        """``3 x H x W`` uint8 pixels of an image that holds a crop; raises :class:`ImageError` otherwise."""
+        image = open_image(path)
+        if min(image.size) < self.crop_size:
+            raise ImageError(f"{os.fspath(path)}: image is {image.width}x{image.height}, smaller than the "
+                             f"{self.crop_size}x{self.crop_size} crop")
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
 def spread_levels(count: int) -> Tuple[int, ...]:

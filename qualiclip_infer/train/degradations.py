@@ -498,31 +498,37 @@ def _square_tile(image: Tensor, tile: int) -> Tensor:
     return resized[..., top : top + tile, left : left + tile].clamp(0, 1)
 
 
-def degradation_grid(image: Tensor, names: Sequence[str] = DISTORTIONS, tile: int = 128, seed: int = 0) -> Image.Image:
+def degradation_grid(image: Tensor, names: Sequence[str] = DISTORTIONS, tile: int = 128, seed: int = 0,
+                     crop_size: Optional[int] = None) -> Image.Image:
     """Draws every level of the given degradation types on one image, for looking at the catalogue.
 
     Args:
         image: ``3 x H x W`` float image in [0, 1], on any device.
         names: Degradation types, one row each, top to bottom.
-        tile: Side of each square tile in pixels: the image is resized so that its shorter side is ``tile`` and
-            centre-cropped, then degraded.
+        tile: Side of each square tile as drawn, in pixels.
         seed: Seed of the generator used for every tile, so a row shares e.g. its motion-blur angle.
+        crop_size: Side of the square the degradations are applied at (``None``: ``tile``). The image is resized so
+            that its shorter side is ``crop_size`` and centre-cropped, then degraded, and only then resized to the
+            tile: a degradation looks as it does on a training crop of that size, whatever the tile (many, such as
+            JPEG2000 or pixelation, act on blocks of fixed pixel size and look far stronger on a small square).
 
     Returns:
         An RGB image: a header row with the levels "1".."5", then one row per type labelled at the left with its
         name, one column per level.
 
     Raises:
-        ValueError: ``image`` is not ``3 x H x W`` float, ``tile`` is not positive, or a name is unknown.
+        ValueError: ``image`` is not ``3 x H x W`` float, ``tile`` or ``crop_size`` is not positive, or a name is
+            unknown.
     """
     if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be a 3 x H x W tensor, got {getattr(image, 'shape', type(image).__name__)}")
     if not image.is_floating_point():
         raise ValueError(f"image must be a floating-point tensor in [0, 1], got dtype {image.dtype}")
-    if tile < 1:
-        raise ValueError(f"tile must be positive, got {tile}")
+    crop_size = tile if crop_size is None else crop_size
+    if tile < 1 or crop_size < 1:
+        raise ValueError(f"tile and crop_size must be positive, got {tile} and {crop_size}")
     names = list(names)
-    square = _square_tile(image, tile)
+    square = _square_tile(image, crop_size)
     # Anchor-free text placement from bounding boxes, so that the bitmap default font of older Pillow works too.
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -541,7 +547,10 @@ def degradation_grid(image: Tensor, names: Sequence[str] = DISTORTIONS, tile: in
         draw.text((pad, top + (tile - boxes[name][3]) // 2), name, "black", font)
         for level in range(1, NUM_LEVELS + 1):
             generator = torch.Generator(device=square.device).manual_seed(seed)
-            out = degrade(square, name, level, generator)[0]
+            out = degrade(square, name, level, generator)
+            if crop_size != tile:
+                out = F.interpolate(out, size=(tile, tile), mode="bilinear", antialias=True, align_corners=False)
+            out = out[0].clamp(0, 1)
             pixels = (out * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
             canvas.paste(Image.fromarray(pixels, "RGB"), (label_width + (level - 1) * tile, top))
     return canvas
