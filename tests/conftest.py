@@ -135,3 +135,13 @@ def natural_image(width: int, height: int, seed: int = 0) -> np.ndarray:
 def save_image(path: Path, array: np.ndarray, **kwargs) -> Path:
     Image.fromarray(array).save(path, **kwargs)
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Single-threaded torch: far faster than two threads when other work shares the cores, and a fixed order of
+    float additions where a test compares batched with single-image results."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import natural_image, save_image
 from lively_checkpoint import write_lively_checkpoint
 from PIL import Image, ImageFont
@@ -69,7 +68,8 @@ def test_window_starts_cover_every_pixel_with_regular_steps():
 
 
 @pytest.mark.parametrize("width, height, window, stride", [(1024, 768, 224, 112), (200, 141, 64, 40)])
-def test_windows_cells_are_the_scores_of_their_crops(scorer, width, height, window, stride):
+def test_windows_cells_are_the_scores_of_their_crops(scorer, width, height, window, stride, one_thread):
+    # With two oneDNN threads, batched and single crops round differently: up to 1.2e-6 measured at 1024x768.
     image = photo(width, height)
     tensor = as_tensor(image)
     result = scorer.quality_map(image, window=window, stride=stride)
