@@ -231,6 +231,30 @@ def test_level_correlations():
 
 # ------------------------------------------------------------------------------------------- training
 
+def check_export(trainer: Trainer, config: TrainConfig) -> None:
+    """The exported file holds the trained image tower, the initial text side and frozen BatchNorm statistics, and
+    scores as the trained model does."""
+    tuned, initial = load_checkpoint(config.out), load_checkpoint(config.init)
+    assert set(tuned.clip_state) == set(initial.clip_state)
+    assert torch.equal(tuned.prompt_features, initial.prompt_features)
+    for key, value in initial.clip_state.items():
+        same = torch.equal(tuned.clip_state[key], value)
+        if not key.startswith("visual.") or key.endswith("positional_embedding") or "running_" in key:
+            assert same, key  # the text tower, the unused positional table, the frozen BatchNorm statistics
+        elif key.endswith(".weight"):
+            assert not same, key
+    for key, value in trainer.model.visual.state_dict().items():
+        assert torch.equal(tuned.clip_state[f"visual.{key}"], value), key  # the export is the trained tower
+
+    scorer = QualityScorer(weights=config.out, device="cpu")
+    clean = torch.from_numpy(natural_image(96, 96, seed=99)).permute(2, 0, 1).float().div(255)
+    noisy = (clean + 0.1 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        expected = model(model.normalize(torch.stack([clean, noisy]))).tolist()
+    assert [scorer.score(clean), scorer.score(noisy)] == pytest.approx(expected, abs=1e-5)
+
+
 @pytest.mark.slow
 def test_the_ten_photo_run_of_the_issue_learns_with_default_options(tmp_path, tiny_checkpoint, one_thread):
     """Issue 12's run: 10 photos, a tiny CLIP, ``--steps 200 --lr 3e-4 --device cpu --seed 0`` and every other option
@@ -280,25 +304,7 @@ def test_the_ten_photo_run_of_the_issue_learns_with_default_options(tmp_path, ti
     assert history[-1]["level_srcc_pooled"] == pytest.approx(pooled, abs=1e-9)
     assert after >= before + 0.3
 
-    tuned, initial = load_checkpoint(config.out), load_checkpoint(config.init)
-    assert set(tuned.clip_state) == set(initial.clip_state)
-    assert torch.equal(tuned.prompt_features, initial.prompt_features)
-    for key, value in initial.clip_state.items():
-        same = torch.equal(tuned.clip_state[key], value)
-        if not key.startswith("visual.") or key.endswith("positional_embedding") or "running_" in key:
-            assert same, key  # the text tower, the unused positional table, the frozen BatchNorm statistics
-        elif key.endswith(".weight"):
-            assert not same, key
-    for key, value in trainer.model.visual.state_dict().items():
-        assert torch.equal(tuned.clip_state[f"visual.{key}"], value), key  # the export is the trained tower
-
-    scorer = QualityScorer(weights=config.out, device="cpu")
-    clean = torch.from_numpy(natural_image(96, 96, seed=99)).permute(2, 0, 1).float().div(255)
-    noisy = (clean + 0.1 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
-    model = trainer.model.eval()
-    with torch.no_grad():
-        expected = model(model.normalize(torch.stack([clean, noisy]))).tolist()
-    assert [scorer.score(clean), scorer.score(noisy)] == pytest.approx(expected, abs=1e-5)
+    check_export(trainer, config)
 
 
 def test_training_learns_to_rank_levels(tmp_path, image_folder, learnable_checkpoint, one_thread):
@@ -321,25 +327,7 @@ def test_training_learns_to_rank_levels(tmp_path, image_folder, learnable_checkp
     assert history[-1]["step"] == 400
     assert after > before + 0.3  # 0.33-0.55 seen: the result moves with the machine's float rounding
 
-    tuned, initial = load_checkpoint(config.out), load_checkpoint(learnable_checkpoint)
-    assert set(tuned.clip_state) == set(initial.clip_state)
-    assert torch.equal(tuned.prompt_features, initial.prompt_features)
-    for key, value in initial.clip_state.items():
-        same = torch.equal(tuned.clip_state[key], value)
-        if not key.startswith("visual.") or key.endswith("positional_embedding"):
-            assert same, key  # the text tower and the position-free pool's unused table are copied
-        elif key.endswith(".weight"):
-            assert not same, key
-    for key, value in trainer.model.visual.state_dict().items():
-        assert torch.equal(tuned.clip_state[f"visual.{key}"], value), key  # the export is the trained tower
-
-    scorer = QualityScorer(weights=config.out, device="cpu")
-    clean = torch.from_numpy(natural_image(96, 96, seed=99)).permute(2, 0, 1).float().div(255)
-    noisy = (clean + 0.1 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
-    model = trainer.model.eval()
-    with torch.no_grad():
-        expected = model(model.normalize(torch.stack([clean, noisy]))).tolist()
-    assert [scorer.score(clean), scorer.score(noisy)] == pytest.approx(expected, abs=1e-5)
+    check_export(trainer, config)
 
 
 def test_batchnorm_statistics_are_frozen_unless_asked(tmp_path, image_folder, tiny_checkpoint, one_thread):
