@@ -11,8 +11,9 @@ before and after, and the load average when it started (the machine may be share
 time per crop-level of a training step (degradation, forward, backward, AdamW) and of a validation (degradation,
 forward), for the tiny CLIP and for a full-size RN50, single-threaded, at 224 pixels, on the run's own crops.
 
-The photos are ``tests/conftest.py``'s ``natural_image`` at 320x256, JPEG quality 90; the checkpoints its
-``write_checkpoint`` (random weights).
+The photos are ``tests/conftest.py``'s ``natural_image`` at 320x256, JPEG quality 90; the run's tiny CLIP is its
+``untrained_clip`` (the one the issue trained, and the ten-photo test's), the cost checkpoints its ``write_checkpoint``
+(random weights).
 
 Usage::
 
@@ -68,13 +69,16 @@ def main() -> None:
 
 
 def _inputs(workdir: Path):
-    from conftest import TINY_CONFIG, natural_image, save_image, write_checkpoint
+    import torch
+    from conftest import TINY_CONFIG, natural_image, official_state, save_image, untrained_clip
 
     folder = workdir / "pristine"
     folder.mkdir(parents=True, exist_ok=True)
     for seed in range(10):
         save_image(folder / f"photo{seed:02d}.jpg", natural_image(320, 256, seed=seed), quality=90)
-    return folder, write_checkpoint(workdir / "tiny.pth", TINY_CONFIG, seed=0)
+    checkpoint = workdir / "tiny.pth"
+    torch.save(official_state(untrained_clip(TINY_CONFIG, seed=0)), checkpoint)
+    return folder, checkpoint
 
 
 def _run(command: List[str], tree: Path, cap_s: float) -> Dict[str, object]:
