@@ -26,8 +26,6 @@ _EXPORTS = {
     "TrainConfig": "loop",
     "Trainer": "loop",
     "fit": "loop",
-    "pearson": "loop",
-    "spearman": "loop",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .._errors import first_line
 from ..images import ImageError, image_size, to_tensor
+from ..metrics import plcc, srcc
 from ..model import MIN_IMAGE_SIDE, QualiCLIP
 from ..prompts import OFFICIAL_PROMPT_PAIRS, as_prompt_pairs, prompt_features
 from ..scorer import AUTOCAST_DTYPES, resolve_device
@@ -43,28 +45,6 @@ Log = Callable[[str], None]
 
 # ------------------------------------------------------------------------------------------- rank statistics
 
-def rankdata(values: torch.Tensor) -> torch.Tensor:
-    """1-based ranks of a 1-D tensor, ties sharing their average rank (as ``scipy.stats.rankdata``), in float64."""
-    _, group, counts = torch.unique(values.flatten(), return_inverse=True, return_counts=True)
-    last_rank = counts.cumsum(0).double()
-    return (last_rank - (counts.double() - 1) / 2)[group]
-
-
-def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Pearson's linear correlation of two 1-D tensors (PLCC, without a fitted mapping); NaN if one is constant."""
-    x, y = x.flatten().double(), y.flatten().double()
-    if x.numel() != y.numel() or x.numel() < 2:
-        raise ValueError(f"need two equally long series of at least 2 values, got {x.numel()} and {y.numel()}")
-    x, y = x - x.mean(), y - y.mean()
-    denominator = (x.square().sum() * y.square().sum()).sqrt()
-    return float((x * y).sum() / denominator) if denominator > 0 else math.nan
-
-
-def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Spearman's rank correlation (SRCC) of two 1-D tensors, ties ranked by their average."""
-    return pearson(rankdata(x), rankdata(y))
-
-
 def level_correlations(scores: torch.Tensor, levels: Sequence[int]) -> Dict[str, float]:
     """How well scores rank degraded versions of crops by level: higher is better, 1 is a perfect ranking.
 
@@ -77,11 +57,12 @@ def level_correlations(scores: torch.Tensor, levels: Sequence[int]) -> Dict[str,
         ranking the losses teach (a crop whose scores are all equal counts as 0). ``level_srcc_pooled``: the SRCC
         over all crops at once, which also asks that a level mean the same quality across pictures and types.
     """
-    minus_levels = -torch.tensor(levels, dtype=torch.float64)
-    per_crop = [spearman(row, minus_levels) for row in scores]
+    scores = scores.double().cpu().numpy()
+    minus_levels = np.broadcast_to(-np.asarray(levels, dtype=np.float64), scores.shape)
+    per_crop = srcc(scores, minus_levels)
     return {
-        "level_srcc": sum(0.0 if math.isnan(value) else value for value in per_crop) / len(per_crop),
-        "level_srcc_pooled": spearman(scores.flatten(), minus_levels.repeat(scores.shape[0])),
+        "level_srcc": float(np.nan_to_num(per_crop, nan=0.0).mean()),
+        "level_srcc_pooled": srcc(scores.ravel(), minus_levels.ravel()),
     }
 
 
@@ -522,8 +503,8 @@ class Trainer:
             scored = [(score, mos) for score, mos in ((self._score_file(path), mos) for path, mos in self.mos_rows)
                       if score is not None]
             if len(scored) >= 2:
-                scores, mos = torch.tensor(scored, dtype=torch.float64).T
-                metrics["mos_srcc"], metrics["mos_plcc"] = spearman(scores, mos), pearson(scores, mos)
+                scores, mos = np.asarray(scored, dtype=np.float64).T
+                metrics["mos_srcc"], metrics["mos_plcc"] = srcc(scores, mos), plcc(scores, mos)
         return metrics
 
     def validation_batches(self) -> List[Batch]:
