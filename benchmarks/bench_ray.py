@@ -11,12 +11,13 @@ suite's ``RN50_CONFIG``, as in ``bench_score.py``) go through four runners, each
 - ``ray (running cluster, 2 actors x 1 CPU)``: the same with ``--actors 2 --cpus-per-actor 1``, the layout Ray
   would choose with one CPU per actor (the default before it became "the node's CPUs, at most 4").
 
-Per run: wall time (process start to exit), images/s over that time, and peak memory: the largest sum of PSS
-(proportional set size: shared pages split between the processes sharing them) over every process of the run,
-sampled every 0.2 s from ``/proc``: for Ray that is the driver, the GCS, the raylet, its agents and the worker
-processes (and, for the running cluster, its idle processes too). Runners alternate; ``--repeats`` runs each and
-the report shows medians, since other processes on a shared machine slow some runs down. The CPU time other
-processes used during each run is shown too (from ``/proc/stat``).
+Per runner: ``--repeats`` timed runs, then one memory run. A timed run measures wall time (process start to exit),
+images/s over that time and the whole machine's busy CPU seconds (``/proc/stat``), and samples nothing: sampling
+Ray's dozen processes would take CPU from the run being measured. The memory run samples, every 0.2 s from
+``/proc``, the largest sum of PSS (proportional set size: shared pages split between the processes sharing them) over
+every process of the run: for Ray that is the driver, the GCS, the raylet, its agents and the worker processes (and,
+for the running cluster, its idle processes too). Runners alternate, and the report shows medians. Run it on a quiet
+machine: the CPU figure counts everything the machine did.
 
 Usage (Linux)::
 
@@ -71,21 +72,27 @@ def main() -> None:
             width, height, count = SETS[name]
             folder = _photos(workdir / f"{name}x{count}", width, height, count)
             runs: Dict[str, List[dict]] = {runner: [] for runner in RUNNERS}
-            for repeat in range(args.repeats):
+            # Timed runs sample nothing: reading /proc/PID/smaps_rollup of Ray's dozen processes every 0.2 s
+            # took ~1.5 s of a 2-core machine's time from a 15 s run. Memory comes from one extra run per runner.
+            for repeat in range(args.repeats + 1):
                 for runner in RUNNERS:
                     out = workdir / f"out-{RUNNERS.index(runner)}.csv"
                     ray_args = {"plain": [], "ray (new cluster)": ["--ray"],
                                 "ray (running cluster)": ["--ray", address.name],
                                 "ray (running cluster, 2 actors x 1 CPU)": ["--ray", address.name, "--actors", "2",
                                                                             "--cpus-per-actor", "1"]}[runner]
-                    run = measure([*ray_args, str(folder), "--weights", str(checkpoint), "-q", "-o", str(out)],
-                                  count, extra_tree=address.pid if "running" in runner else None)
+                    cli_args = [*ray_args, str(folder), "--weights", str(checkpoint), "-q", "-o", str(out)]
+                    if repeat == args.repeats:
+                        memory = measure(cli_args, count, extra_tree=address.pid if "running" in runner else None)
+                        for run in runs[runner]:
+                            run["peak_pss_mb"] = memory["peak_pss_mb"]
+                        print(f"{name} {runner}: peak {memory['peak_pss_mb']:.0f} MB", file=sys.stderr)
+                        continue
+                    run = measure(cli_args, count, sample=False)
                     run["scores"] = read_scores(out)
                     runs[runner].append(run)
                     print(f"{name} {runner} #{repeat + 1}: wall {run['wall_s']:.1f} s, {run['images_per_s']:.2f} "
-                          f"img/s, CPU {run['cpu_s']:.1f} s, peak {run['peak_pss_mb']:.0f} MB, others "
-                          f"{run['other_cores']:.2f} cores",
-                          file=sys.stderr)
+                          f"img/s, CPU {run['cpu_s']:.1f} s (machine)", file=sys.stderr)
             results[name] = runs
     print(report(results, args, started, load_before))
 
@@ -129,27 +136,32 @@ class RunningCluster:
 
 
 def measure(cli_args: Sequence[str], images: int, extra_tree: Optional[int] = None,
-            sampler_out: Optional["TreeSampler"] = None) -> dict:
+            sampler_out: Optional["TreeSampler"] = None, sample: bool = True) -> dict:
     """Runs ``qualiclip-score`` once; wall time, images/s, peak PSS of its process tree (plus ``extra_tree``).
 
     ``sampler_out``: a sampler (with no roots yet) to use, so that the caller can read its details afterwards.
+    ``sample=False``: no sampler, so that the measurement takes no CPU from the run; ``cpu_s`` is then the whole
+    machine's busy CPU time during the run (a running cluster's idle daemons included), and there is no memory figure.
     """
     busy_before = _busy_cpu_seconds()
     spawned = time.time()
     child = subprocess.Popen([sys.executable, "-m", "qualiclip_infer", *cli_args], cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     sampler = sampler_out or TreeSampler([])
-    sampler.roots = [child.pid] + ([extra_tree] if extra_tree else [])
-    sampler.start()
+    if sample:
+        sampler.roots = [child.pid] + ([extra_tree] if extra_tree else [])
+        sampler.start()
     stderr = child.communicate()[1]
     exited = time.time()
-    sampler.stop()
+    if sample:
+        sampler.stop()
     busy = _busy_cpu_seconds() - busy_before
     if child.returncode != 0:
         raise SystemExit(f"qualiclip-score {' '.join(cli_args)} failed ({child.returncode}):\n{stderr}")
     wall = exited - spawned
+    cpu = sampler.cpu_s() if sample else busy
     return dict(wall_s=wall, images_per_s=images / wall, peak_pss_mb=sampler.peak_pss_kb / 1024,
-                cpu_s=sampler.cpu_s(), other_cores=max(0.0, busy - sampler.cpu_s()) / wall)
+                cpu_s=cpu, other_cores=max(0.0, busy - cpu) / wall)
 
 
 class TreeSampler(threading.Thread):
@@ -315,16 +327,17 @@ def report(results: Dict[str, Dict[str, List[dict]]], args: argparse.Namespace, 
     import torch
 
     lines = ["", "## `qualiclip-score --ray` against `qualiclip-score` on one machine", "",
-             f"- Machine: {_cpu_model()}, {os.cpu_count()} logical CPUs (`lscpu`); CPU, fp32; shared with other "
-             f"jobs (load average {load_before:.1f} when the run started)",
+             f"- Machine: {_cpu_model()}, {os.cpu_count()} logical CPUs (`lscpu`); CPU, fp32; load average "
+             f"{load_before:.1f} when the run started",
              f"- Date: {started:%Y-%m-%d %H:%M}; Python {platform.python_version()}, torch {torch.__version__}, "
              f"ray {ray.__version__}",
              f"- Command: `python benchmarks/bench_ray.py --repeats {args.repeats}`; medians of {args.repeats} runs "
-             "per runner, runners alternating",
+             "per runner, runners alternating, sampling nothing (CPU: the whole machine's busy time during the run, "
+             "from `/proc/stat`); peak memory from one more run per runner, sampled every 0.2 s",
              "- Checkpoint: full-size RN50 with random weights (`tests/conftest.py` `RN50_CONFIG`); all options "
              "default (with `--ray` here: one actor of 2 CPUs and 2 torch threads), except the last runner's", "",
-             "| photos | runner | wall s | images/s | overhead (wall) | CPU s, all processes | overhead (CPU) "
-             "| peak memory MB (PSS, all processes) | each run: wall s (other processes' load, cores) |",
+             "| photos | runner | wall s | images/s | overhead (wall) | CPU s, machine | overhead (CPU) "
+             "| peak memory MB (PSS, all processes) | each run: wall s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     verdicts = []
     for name, runs in results.items():
@@ -335,7 +348,7 @@ def report(results: Dict[str, Dict[str, List[dict]]], args: argparse.Namespace, 
             wall = statistics.median(r["wall_s"] for r in runner_runs)
             cpu = statistics.median(r["cpu_s"] for r in runner_runs)
             overhead = wall / plain_wall - 1
-            each = ", ".join(f"{r['wall_s']:.1f} ({r['other_cores']:.2f})" for r in runner_runs)
+            each = ", ".join(f"{r['wall_s']:.1f}" for r in runner_runs)
             lines.append(f"| {name} ×{count} | {runner} | {wall:.1f} | "
                          f"{statistics.median(r['images_per_s'] for r in runner_runs):.2f} | "
                          f"{'—' if runner == 'plain' else f'{overhead:+.0%}'} | {cpu:.1f} | "

@@ -458,8 +458,9 @@ def _ray_rows(args: argparse.Namespace, paths: Sequence[str],
     from .distributed import connect, ray_error_cause, score_dataset
     from .results import ScoreResult  # not the engine: the driver needs no torch
 
+    connected = False
     try:
-        connect(None if args.ray == "local" else args.ray, quiet=args.quiet)
+        connected = connect(None if args.ray == "local" else args.ray, quiet=args.quiet)
         dataset = score_dataset(paths, threads=args.threads, workers=args.workers, concurrency=args.actors,
                                 num_cpus=args.cpus_per_actor, num_gpus=args.gpus_per_actor or 0,
                                 **scorer_options(args, prompts))
@@ -474,6 +475,11 @@ def _ray_rows(args: argparse.Namespace, paths: Sequence[str],
         if type(error).__module__.split(".")[0] != "ray":
             raise
         raise UsageError(f"the Ray job failed: {ray_error_cause(error)}") from error
+    finally:
+        if connected:  # now rather than at exit, where Ray's handlers take ~0.5 s longer (benchmarks/RESULTS.md)
+            import ray
+
+            ray.shutdown()
 
 
 def _parquet_writer(path: str) -> RowWriter:

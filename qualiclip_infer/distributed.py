@@ -345,13 +345,17 @@ def row_schema() -> "pyarrow.Schema":
                       ("height", pa.int64()), ("error", pa.string())])
 
 
-def connect(address: Optional[str] = None, *, quiet: bool = False) -> None:
+def connect(address: Optional[str] = None, *, quiet: bool = False) -> bool:
     """Connects to a Ray cluster, or starts a local one, unless this process is already connected.
 
     Args:
         address: ``None`` or ``local`` for a new local cluster on this machine, ``auto`` for the running cluster
             this machine belongs to, ``ray://HOST:PORT`` for Ray Client, or ``HOST:PORT`` of a head node.
         quiet: Only warnings from Ray, and no progress bars.
+
+    Returns:
+        Whether this call connected (so the caller owns the connection and should ``ray.shutdown()`` it), rather
+        than finding the process already connected.
     """
     ray = require_ray()
     import logging
@@ -361,11 +365,12 @@ def connect(address: Optional[str] = None, *, quiet: bool = False) -> None:
         for name in ("ray", "ray.data"):  # Ray Data sets its own logger's level
             logging.getLogger(name).setLevel(logging.ERROR)
     if ray.is_initialized():
-        return
+        return False
     address = address or "local"
     options = dict(include_dashboard=False) if address == "local" else {}
     ray.init(address=address, logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet,
              **options)
+    return True
 
 
 def ray_error_cause(error: BaseException) -> str:

@@ -226,6 +226,19 @@ def test_cli_on_ray_writes_the_rows_of_the_plain_cli(cluster, folder, tiny_check
         assert sum(line.startswith(message) for line in plain.stderr.splitlines()) == 1
 
 
+def test_cli_in_process_leaves_the_callers_ray_session_connected(cluster, folder, tiny_checkpoint, expected,
+                                                                 tmp_path):
+    """``main`` run inside a program already connected to Ray scores on that session and leaves it connected: only
+    a connection the CLI made itself is shut down when its rows are done."""
+    import ray
+
+    from qualiclip_infer.cli import main
+
+    assert main(["--ray", "-q", str(folder), "--weights", str(tiny_checkpoint), "-o", str(tmp_path / "rows.csv")]) == 1
+    check_rows(csv_rows(tmp_path / "rows.csv"), folder, expected)
+    assert ray.is_initialized() and ray.get_runtime_context().gcs_address == cluster
+
+
 def test_cli_on_ray_resumes_scoring_only_new_files(cluster, folder, tiny_checkpoint, expected, tmp_path):
     work = tmp_path / "images"
     work.mkdir()
