@@ -137,7 +137,8 @@ class RunningCluster:
 
 def measure(cli_args: Sequence[str], images: int, extra_tree: Optional[int] = None,
             sampler_out: Optional["TreeSampler"] = None, sample: bool = True) -> dict:
-    """Runs ``qualiclip-score`` once; wall time, images/s, peak PSS of its process tree (plus ``extra_tree``).
+    """Runs ``qualiclip-score`` once; wall time, images/s, CPU seconds and peak PSS of its process tree (plus
+    ``extra_tree``).
 
     ``sampler_out``: a sampler (with no roots yet) to use, so that the caller can read its details afterwards.
     ``sample=False``: no sampler, so that the measurement takes no CPU from the run; ``cpu_s`` is then the whole
@@ -147,21 +148,21 @@ def measure(cli_args: Sequence[str], images: int, extra_tree: Optional[int] = No
     spawned = time.time()
     child = subprocess.Popen([sys.executable, "-m", "qualiclip_infer", *cli_args], cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    sampler = sampler_out or TreeSampler([])
-    if sample:
+    sampler = (sampler_out or TreeSampler([])) if sample else None
+    if sampler is not None:
         sampler.roots = [child.pid] + ([extra_tree] if extra_tree else [])
         sampler.start()
     stderr = child.communicate()[1]
     exited = time.time()
-    if sample:
+    if sampler is not None:
         sampler.stop()
-    busy = _busy_cpu_seconds() - busy_before
     if child.returncode != 0:
         raise SystemExit(f"qualiclip-score {' '.join(cli_args)} failed ({child.returncode}):\n{stderr}")
     wall = exited - spawned
-    cpu = sampler.cpu_s() if sample else busy
-    return dict(wall_s=wall, images_per_s=images / wall, peak_pss_mb=sampler.peak_pss_kb / 1024,
-                cpu_s=cpu, other_cores=max(0.0, busy - cpu) / wall)
+    run = dict(wall_s=wall, images_per_s=images / wall)
+    if sampler is None:
+        return dict(run, cpu_s=_busy_cpu_seconds() - busy_before)
+    return dict(run, cpu_s=sampler.cpu_s(), peak_pss_mb=sampler.peak_pss_kb / 1024)
 
 
 class TreeSampler(threading.Thread):

@@ -69,16 +69,13 @@ def main() -> None:
 
 
 def _inputs(workdir: Path):
-    import torch
-    from conftest import TINY_CONFIG, natural_image, official_state, save_image, untrained_clip
+    from conftest import TINY_CONFIG, natural_image, save_image, untrained_clip, write_checkpoint
 
     folder = workdir / "pristine"
     folder.mkdir(parents=True, exist_ok=True)
     for seed in range(10):
         save_image(folder / f"photo{seed:02d}.jpg", natural_image(320, 256, seed=seed), quality=90)
-    checkpoint = workdir / "tiny.pth"
-    torch.save(official_state(untrained_clip(TINY_CONFIG, seed=0)), checkpoint)
-    return folder, checkpoint
+    return folder, write_checkpoint(workdir / "tiny.pth", TINY_CONFIG, seed=0, build=untrained_clip)
 
 
 def _run(command: List[str], tree: Path, cap_s: float) -> Dict[str, object]:

@@ -111,9 +111,10 @@ def official_state(clip: open_clip.CLIP, texts=OFFICIAL_TEXTS) -> dict:
     return state
 
 
-def write_checkpoint(path: Path, config: dict, seed: int, **options) -> Path:
-    """Saves ``official_state(random_clip(config, seed, **options))`` to ``path``."""
-    torch.save(official_state(random_clip(config, seed, **options)), path)
+def write_checkpoint(path: Path, config: dict, seed: int, build=random_clip, **options) -> Path:
+    """Saves ``official_state(build(config, seed, **options))`` to ``path``; ``build`` is :func:`random_clip` or
+    :func:`untrained_clip`."""
+    torch.save(official_state(build(config, seed, **options)), path)
     return path
 
 

@@ -16,8 +16,8 @@ import pytest
 import scipy.stats
 import torch
 import open_clip
-from conftest import (OFFICIAL_TEXTS, TINY_CONFIG, natural_image, official_state, random_clip, save_image,
-                      untrained_clip, write_checkpoint)
+from conftest import (OFFICIAL_TEXTS, TINY_CONFIG, natural_image, random_clip, save_image, untrained_clip,
+                      write_checkpoint)
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -63,9 +63,8 @@ def learnable_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def untrained_checkpoint(tmp_path_factory) -> Path:
     """The tiny CLIP of issue 12's run (see ``conftest.untrained_clip``)."""
-    path = tmp_path_factory.mktemp("weights") / "untrained.pth"
-    torch.save(official_state(untrained_clip(TINY_CONFIG, seed=0)), path)
-    return path
+    return write_checkpoint(tmp_path_factory.mktemp("weights") / "untrained.pth", TINY_CONFIG, seed=0,
+                            build=untrained_clip)
 
 
 def tiny_config(images: Path, init: Path, out: Path, **overrides) -> TrainConfig:
