@@ -8,10 +8,10 @@ from typing import Literal, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .model import MIN_IMAGE_SIDE
+from .constants import MIN_IMAGE_SIDE
 from .presets import DEFAULT_MODEL
-from .scorer import load_model
-from .weights import WeightsSpec
+from .hub import WeightsSpec
+from .loading import load_model
 
 Reduction = Literal["mean", "sum", "none"]
 

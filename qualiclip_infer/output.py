@@ -18,13 +18,13 @@ import json
 import os
 import re
 import sys
-from typing import IO, Any, Iterable, NamedTuple, Optional, Protocol, Sequence, Set, TextIO, Tuple
+from typing import IO, Any, Iterable, NamedTuple, Optional, Sequence, Set, TextIO, Tuple
 
-COLUMNS = ("path", "score", "width", "height", "error")
+from .results import COLUMNS, SCORE_DECIMALS, ScoredRow, json_record  # noqa: F401 (COLUMNS: this module's API)
+
 FORMATS = ("table", "csv", "jsonl", "json", "parquet")
 RESUMABLE_FORMATS = ("csv", "jsonl")
 SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
-SCORE_DECIMALS = 8  # float32 scores carry ~7 significant digits
 _TOOL = "qualiclip-score"
 # Output files are UTF-8; file names that are not are written as their raw bytes and read back the same way.
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"
@@ -37,16 +37,6 @@ _CSV_SIZE = re.compile(r"[0-9]+")
 
 class OutputFileError(ValueError):
     """An output file that cannot be opened, or that ``--resume`` refuses; the message is one line naming it."""
-
-
-class ScoredRow(Protocol):
-    """What the writers read from a row (the engine's ``ScoreResult`` has these attributes)."""
-
-    name: str
-    score: Optional[float]
-    width: Optional[int]
-    height: Optional[int]
-    error: str
 
 
 class Finished(NamedTuple):
@@ -142,9 +132,9 @@ class RowWriter:
 
     def _format(self, row: ScoredRow) -> str:
         if self._fmt == "jsonl":
-            return json.dumps(record(row), ensure_ascii=False) + "\n"
+            return json.dumps(json_record(row), ensure_ascii=False) + "\n"
         if self._fmt == "json":
-            return ("," if self._count else "") + "\n" + json.dumps(record(row), ensure_ascii=False)
+            return ("," if self._count else "") + "\n" + json.dumps(json_record(row), ensure_ascii=False)
         score = "" if row.score is None else f"{row.score:.{SCORE_DECIMALS if self._fmt == 'csv' else 4}f}"
         cells = (row.name, score, _blank(row.width), _blank(row.height), row.error)
         return _csv_line(cells) if self._fmt == "csv" else self._table_line(cells)
@@ -152,12 +142,6 @@ class RowWriter:
     def _table_line(self, cells: Sequence[str]) -> str:
         path, score, width, height, error = cells
         return f"{path:<{self._path_width}}  {score:>6}  {width:>5}  {height:>6}  {error}".rstrip() + "\n"
-
-
-def record(row: ScoredRow) -> dict:
-    """A row as a json object with the :data:`COLUMNS` as keys: missing values are ``null``."""
-    return {"path": row.name, "score": None if row.score is None else round(row.score, SCORE_DECIMALS),
-            "width": row.width, "height": row.height, "error": row.error or None}
 
 
 def _csv_line(cells: Sequence[str]) -> str:

@@ -8,20 +8,30 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Iterable, List
+from typing import TYPE_CHECKING, Any, Iterable, List
 
-from .distributed import RAY_EXTRA_HINT
+from .extras import require
+from .results import COLUMNS, row_values
+
+if TYPE_CHECKING:
+    import pyarrow
 
 _ROWS_PER_GROUP = 10_000
 _ROWS_PER_PART = 1_000_000
 
 
 def require_pyarrow() -> None:
-    """Raises a one-line :class:`ImportError` naming the extra to install when pyarrow is missing."""
-    try:
-        import pyarrow.parquet  # noqa: F401
-    except ImportError as error:
-        raise ImportError(f"Parquet output needs pyarrow ({error}): {RAY_EXTRA_HINT}") from None
+    """Raises a one-line :class:`~qualiclip_infer.extras.MissingExtraError` when pyarrow is missing."""
+    require("pyarrow.parquet", "ray", "Parquet output")
+
+
+def row_schema() -> "pyarrow.Schema":
+    """The Arrow schema of score rows: path, score (float64), width, height (int64), error (str)."""
+    import pyarrow as pa
+
+    types = {"path": pa.string(), "score": pa.float64(), "width": pa.int64(), "height": pa.int64(),
+             "error": pa.string()}
+    return pa.schema([(column, types[column]) for column in COLUMNS])
 
 
 def is_folder_target(path: str) -> bool:
@@ -42,8 +52,6 @@ class ParquetRowWriter:
 
     def __init__(self, path: str):
         require_pyarrow()
-        from .distributed import row_schema
-
         self._schema = row_schema()
         self._folder = path if is_folder_target(path) else None
         if self._folder is not None:
@@ -60,8 +68,7 @@ class ParquetRowWriter:
 
     def write(self, rows: Iterable[Any]) -> None:
         """Buffers rows, writing a row group each time enough have come."""
-        self._buffer.extend(dict(path=row.name, score=row.score, width=row.width, height=row.height,
-                                 error=row.error) for row in rows)
+        self._buffer.extend(row_values(row) for row in rows)
         while len(self._buffer) >= _ROWS_PER_GROUP:
             self._flush(_ROWS_PER_GROUP)
 

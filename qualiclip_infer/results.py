@@ -1,4 +1,4 @@
-"""The result of scoring one input: what the engine yields and every front end writes.
+"""The result of scoring one input, and the row every output format writes for it: the one row schema.
 
 Kept free of torch, so that a front end that only passes results along (the Ray driver, which receives rows from its
 actors) need not import it.
@@ -7,7 +7,13 @@ actors) need not import it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Dict, Mapping, Optional, Protocol
+
+# The columns of every output (csv, jsonl, json, table, Parquet, Ray Datasets), in this order. The first holds the
+# result's ``name``: a path for files.
+COLUMNS = ("path", "score", "width", "height", "error")
+# float32 scores carry about 7 significant digits; text formats write 8 decimals.
+SCORE_DECIMALS = 8
 
 
 @dataclass
@@ -34,3 +40,30 @@ class ScoreResult:
     def ok(self) -> bool:
         """Whether the input was scored."""
         return self.score is not None
+
+
+class ScoredRow(Protocol):
+    """What the writers read from a row (a :class:`ScoreResult` has these attributes)."""
+
+    name: str
+    score: Optional[float]
+    width: Optional[int]
+    height: Optional[int]
+    error: str
+
+
+def row_values(row: ScoredRow) -> Dict[str, Any]:
+    """A row as a dict of :data:`COLUMNS` with full-precision values (Parquet and Ray rows); no error is ``""``."""
+    return {"path": row.name, "score": row.score, "width": row.width, "height": row.height, "error": row.error}
+
+
+def json_record(row: ScoredRow) -> Dict[str, Any]:
+    """A row as a json object of :data:`COLUMNS`: the score rounded as text formats write it, missing values ``null``."""
+    return {"path": row.name, "score": None if row.score is None else round(row.score, SCORE_DECIMALS),
+            "width": row.width, "height": row.height, "error": row.error or None}
+
+
+def from_values(values: Mapping[str, Any], index: int) -> ScoreResult:
+    """The :class:`ScoreResult` of a row dict as :func:`row_values` or :func:`json_record` give it."""
+    return ScoreResult(index, values["path"], values["score"], values["width"], values["height"],
+                       values["error"] or "")

@@ -97,9 +97,12 @@ class Evaluation:
 
     def plot(self, path: Union[str, os.PathLike]) -> None:
         """Writes a scatter plot (score against MOS, fitted curves, metrics in the legend) as PNG; needs matplotlib."""
-        from .plot import scatter_plot
+        from .plot import ScatterPanel, scatter_plot
 
-        scatter_plot(self, path)
+        panels = [ScatterPanel(model["label"], self.scores[model["label"]],
+                               {name: metric["value"] for name, metric in model["metrics"].items()},
+                               self.fits[model["label"]]) for model in self.report["models"]]
+        scatter_plot(path, self.mos, panels, lower_better=self.lower_better)
 
     def write_json(self, path: Union[str, os.PathLike]) -> None:
         """Writes :attr:`report` as JSON."""
