@@ -76,7 +76,8 @@ class Evaluation:
     """The outcome of :func:`evaluate`.
 
     Attributes:
-        report: Everything measured, JSON-serialisable (NaN written as ``None``); see the README for its fields.
+        report: Everything measured, JSON-serialisable (NaN written as ``None``); its fields: docs/evaluation.md,
+            "Report".
         images: The images used, in MOS-file order.
         mos: Their opinion scores, as in the file.
         scores: Per model label, the scores of those images.
