@@ -181,10 +181,10 @@ class QualityScorer:
     The defaults reproduce the official QualiCLIP model: the published checkpoint, its stored features of the
     seven antonym prompt pairs, a logit scale of 100, each image at its native resolution.
 
-    Example:
-        >>> scorer = QualityScorer()
-        >>> scorer.score("photo.jpg")
-        0.73
+    Example::
+
+        scorer = QualityScorer()
+        scorer.score("photo.jpg")               # a float in [0, 1], e.g. 0.73
 
     Args:
         weights: ``None`` for the model's published weights from the Hugging Face Hub (downloaded once, then
@@ -370,9 +370,10 @@ class QualityScorer:
         while the model runs. An input that cannot be scored (unreadable, corrupt, too small, over
         ``max_image_pixels``, out of memory even on its own) gets a result with an ``error`` and the run goes on.
 
-        Example:
-            >>> for result in scorer.iter_scores(paths):
-            ...     print(result.name, result.score if result.ok else result.error)
+        Example::
+
+            for result in scorer.iter_scores(paths):
+                print(result.name, result.score if result.ok else result.error)
 
         Args:
             inputs: Paths, encoded image bytes, PIL images, uint8 arrays or ``3xHxW`` float tensors, in any mix;
