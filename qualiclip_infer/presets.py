@@ -55,7 +55,7 @@ class Preset:
 
     Attributes:
         name: What users pass as ``model``.
-        purpose: One line for ``--help`` and the README.
+        purpose: One line saying what the model is for (the "for" column of the table in docs/presets.md).
         weights: Default Hub file of the CLIP weights (image tower, and the text tower the text side is
             computed with once).
         text_side: ``stored``: the features saved in the weights file; ``encoded``: ``pairs`` run through the

@@ -136,8 +136,8 @@ def score_dataset(
     An input that cannot be read or scored gets an error row; it never fails a task. Row order is not preserved
     (Ray Data's default); the path says which input a row belongs to.
 
-    Each actor loads the model once, from its node's Hugging Face cache or a path every node can read (see the
-    README's "Scoring at scale" for pre-populating it). Ray starts a local cluster on first use unless
+    Each actor loads the model once, from its node's Hugging Face cache or a path every node can read (see
+    docs/scale.md, "Weights on every node", for pre-populating it). Ray starts a local cluster on first use unless
     ``ray.init`` connected to one.
 
     Args:
@@ -156,7 +156,7 @@ def score_dataset(
         num_gpus: GPUs per actor; a fraction packs several actors onto one GPU (``0.25``: four).
         num_cpus: CPUs reserved per actor (and torch threads, unless ``threads`` is given). Default for CPU
             actors: the CPUs of the smallest node, at most :data:`MAX_DEFAULT_CPUS_PER_ACTOR` (fewer actors with more
-            threads each: see the README's "Scoring at scale"); for GPU actors: 1.
+            threads each: see docs/scale.md, "On one machine"); for GPU actors: 1.
         threads: torch CPU threads per actor; default ``num_cpus`` rounded up.
         workers: Image decoding threads per actor; default the engine's.
         recursive: Search folders recursively.

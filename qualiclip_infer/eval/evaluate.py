@@ -76,7 +76,8 @@ class Evaluation:
     """The outcome of :func:`evaluate`.
 
     Attributes:
-        report: Everything measured, JSON-serialisable (NaN written as ``None``); see the README for its fields.
+        report: Everything measured, JSON-serialisable (NaN written as ``None``); its fields: docs/evaluation.md,
+            "Report".
         images: The images used, in MOS-file order.
         mos: Their opinion scores, as in the file.
         scores: Per model label, the scores of those images.
@@ -159,10 +160,10 @@ def evaluate(
 ) -> Evaluation:
     """Scores the images of a MOS file with one or more models and measures agreement with the MOS.
 
-    Example:
-        >>> result = evaluate("koniq10k_scores_and_distributions.csv", cache_dir="eval/")
-        >>> result.report["models"][0]["metrics"]["srcc"]
-        {'value': 0.83, 'ci': [0.82, 0.84]}
+    Example::
+
+        result = evaluate("koniq10k_scores_and_distributions.csv", cache_dir="eval/")
+        result.report["models"][0]["metrics"]["srcc"]   # {"value": ..., "ci": [low, high]}
 
     Args:
         mos: A table from :func:`~qualiclip_infer.eval.read_mos`, or a MOS file read with its defaults.
