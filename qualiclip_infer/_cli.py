@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import tempfile
+import warnings
 from typing import TYPE_CHECKING, Callable, List, NoReturn, Optional, Sequence, Tuple, Type
 
 from .constants import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS, PRECISIONS, default_workers
@@ -76,8 +77,14 @@ def run(prog: str, body: Callable[[], int], *, usage_errors: Tuple[Type[BaseExce
     Returns:
         The exit status (see :data:`EXIT_STATUS_HELP`).
     """
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        say(prog, f"warning: {message}")
+
     try:
-        return body()
+        with warnings.catch_warnings():
+            # A warning of the library (a folder that cannot be listed...) is one line, like every other message.
+            warnings.showwarning = show_warning
+            return body()
     except (UsageError, MissingExtraError, *usage_errors) as error:
         say(prog, f"error: {first_line(error)}")
         return EXIT_USAGE

@@ -186,6 +186,31 @@ def score_dataset(
         raise ValueError(f"num_cpus and num_gpus must not be negative, got {num_cpus} and {num_gpus}")
     pool = ray.data.ActorPoolStrategy(**_pool_size(concurrency))
     max_actors = _max_actors(ray, concurrency, cpus, num_gpus)
+    dataset, bytes_column, per_call = _input_dataset(ray, source, path_column, bytes_column, rows_per_call,
+                                                     recursive=recursive, hidden=hidden, max_actors=max_actors)
+    options = dict(scorer_options, weights=weights, device=device, precision=precision, batch_size=batch_size)
+    for key in ("weights", "prompt_weights"):
+        if isinstance(options.get(key), (str, os.PathLike)) and os.path.exists(options[key]):
+            options[key] = os.path.abspath(options[key])  # actors may run in another working directory
+    return dataset.map_batches(
+        BatchScorer,
+        fn_constructor_kwargs=dict(
+            scorer_options={key: value for key, value in options.items() if value is not None},
+            threads=threads or max(1, math.ceil(cpus)), workers=workers, base_dir=os.getcwd(),
+            path_column=path_column, bytes_column=bytes_column),
+        batch_size=per_call,
+        batch_format="pyarrow",
+        zero_copy_batch=True,
+        compute=pool,
+        num_cpus=cpus,
+        num_gpus=num_gpus or None,
+    )
+
+
+def _input_dataset(ray: Any, source: Any, path_column: str, bytes_column: Optional[str],
+                   rows_per_call: Optional[int], *, recursive: bool, hidden: bool,
+                   max_actors: int) -> Tuple["ray.data.Dataset", Optional[str], int]:
+    """The Dataset of inputs, its bytes column (if any) and the rows per actor call, for :func:`score_dataset`."""
     if isinstance(source, ray.data.Dataset):
         dataset = source
         names = dataset.schema().names
@@ -207,24 +232,7 @@ def score_dataset(
         dataset = ray.data.from_items([{path_column: path} for path in paths],
                                       override_num_blocks=max(1, math.ceil(len(paths) / per_call)))
         bytes_column = None
-
-    options = dict(scorer_options, weights=weights, device=device, precision=precision, batch_size=batch_size)
-    for key in ("weights", "prompt_weights"):
-        if isinstance(options.get(key), (str, os.PathLike)) and os.path.exists(options[key]):
-            options[key] = os.path.abspath(options[key])  # actors may run in another working directory
-    return dataset.map_batches(
-        BatchScorer,
-        fn_constructor_kwargs=dict(
-            scorer_options={key: value for key, value in options.items() if value is not None},
-            threads=threads or max(1, math.ceil(cpus)), workers=workers, base_dir=os.getcwd(),
-            path_column=path_column, bytes_column=bytes_column),
-        batch_size=per_call,
-        batch_format="pyarrow",
-        zero_copy_batch=True,
-        compute=pool,
-        num_cpus=cpus,
-        num_gpus=num_gpus or None,
-    )
+    return dataset, bytes_column, per_call
 
 
 def _default_cpus(ray: Any, gpus: float) -> float:
