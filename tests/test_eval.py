@@ -16,7 +16,7 @@ from typing import Dict, List
 
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG, natural_image, save_image, write_checkpoint
+from helpers import TINY_CONFIG, natural_image, save_image, write_checkpoint
 from scipy import optimize, stats
 
 from qualiclip_infer import metrics

@@ -131,3 +131,13 @@ def test_front_ends_never_name_the_facade():
     for module in ("engine", "maps", "runner", "loading", "loss"):
         assert "QualityScorer" not in _names_used(module), module
         assert "scorer" not in import_graph()[module], module
+
+
+def test_the_0_1_module_names_keep_working():
+    """Code written against 0.1 imported from ``weights`` and ``distributed``; those names still lead to the same
+    objects."""
+    from qualiclip_infer import checkpoint, distributed, hub, ray_scoring, weights
+
+    assert weights.load_checkpoint is checkpoint.load_checkpoint and weights.HubFile is hub.HubFile
+    assert weights.resolve_weights is hub.resolve_weights and weights.CheckpointError is checkpoint.CheckpointError
+    assert distributed.score_dataset is ray_scoring.score_dataset

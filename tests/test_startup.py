@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from conftest import natural_image, save_image
+from helpers import natural_image, save_image
 
 # Scores through the API, then through the command line's main(), in one fresh interpreter, and reports which of the
 # text-side packages got imported on the way.

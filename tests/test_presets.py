@@ -22,7 +22,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import RN50_CONFIG, TINY_CONFIG, natural_image, official_state, random_clip, save_image
+from helpers import RN50_CONFIG, TINY_CONFIG, natural_image, official_state, random_clip, save_image
 from hub_server import FakeHub
 from reference_qualiclip import MEAN, STD, image_features
 

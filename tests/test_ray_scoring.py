@@ -20,7 +20,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 import pytest
-from conftest import natural_image, save_image
+from helpers import natural_image, save_image
 from PIL import Image
 
 from qualiclip_infer import QualityScorer
