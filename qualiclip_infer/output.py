@@ -21,6 +21,8 @@ import sys
 from typing import IO, Any, Iterable, NamedTuple, Optional, Protocol, Sequence, Set, TextIO, Tuple
 
 COLUMNS = ("path", "score", "width", "height", "error")
+# Added after COLUMNS when scores are calibrated (qualiclip-score --calibration).
+CALIBRATED_COLUMNS = ("mos", "percentile")
 FORMATS = ("table", "csv", "jsonl", "json", "parquet")
 RESUMABLE_FORMATS = ("csv", "jsonl")
 SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
@@ -47,6 +49,8 @@ class ScoredRow(Protocol):
     width: Optional[int]
     height: Optional[int]
     error: str
+    mos: Optional[float]  # read only by writers of calibrated rows
+    percentile: Optional[float]
 
 
 class Finished(NamedTuple):
@@ -110,21 +114,25 @@ class RowWriter:
         fmt: One of :data:`FORMATS`.
         header: Write the csv/table header (not when appending to an earlier run's file).
         path_width: Width of the table's path column.
+        calibrated: Also write the :data:`CALIBRATED_COLUMNS` of each row.
     """
 
-    def __init__(self, stream: TextIO, fmt: str, *, header: bool = True, path_width: int = 40):
+    def __init__(self, stream: TextIO, fmt: str, *, header: bool = True, path_width: int = 40,
+                 calibrated: bool = False):
         if fmt not in FORMATS:
             raise ValueError(f"unknown output format {fmt!r}; expected one of {', '.join(FORMATS)}")
         self._stream = stream
         self._fmt = fmt
         self._path_width = path_width
         self._count = 0
+        self._calibrated = calibrated
+        columns = COLUMNS + CALIBRATED_COLUMNS if calibrated else COLUMNS
         if fmt == "json":
             stream.write("[")
         elif header and fmt == "csv":
-            stream.write(_csv_line(COLUMNS))
+            stream.write(_csv_line(columns))
         elif header and fmt == "table":
-            stream.write(self._table_line(COLUMNS))
+            stream.write(self._table_line(columns))
         stream.flush()
 
     def write(self, rows: Iterable[ScoredRow]) -> None:
@@ -142,22 +150,32 @@ class RowWriter:
 
     def _format(self, row: ScoredRow) -> str:
         if self._fmt == "jsonl":
-            return json.dumps(record(row), ensure_ascii=False) + "\n"
+            return json.dumps(record(row, self._calibrated), ensure_ascii=False) + "\n"
         if self._fmt == "json":
-            return ("," if self._count else "") + "\n" + json.dumps(record(row), ensure_ascii=False)
-        score = "" if row.score is None else f"{row.score:.{SCORE_DECIMALS if self._fmt == 'csv' else 4}f}"
-        cells = (row.name, score, _blank(row.width), _blank(row.height), row.error)
+            return ("," if self._count else "") + "\n" + json.dumps(record(row, self._calibrated), ensure_ascii=False)
+        decimals = SCORE_DECIMALS if self._fmt == "csv" else 4
+        score = "" if row.score is None else f"{row.score:.{decimals}f}"
+        cells = [row.name, score, _blank(row.width), _blank(row.height), row.error]
+        if self._calibrated:
+            cells += ["" if row.mos is None else f"{row.mos:.{decimals}f}",
+                      "" if row.percentile is None else f"{row.percentile:.2f}"]
         return _csv_line(cells) if self._fmt == "csv" else self._table_line(cells)
 
     def _table_line(self, cells: Sequence[str]) -> str:
-        path, score, width, height, error = cells
-        return f"{path:<{self._path_width}}  {score:>6}  {width:>5}  {height:>6}  {error}".rstrip() + "\n"
+        path, score, width, height, error, *calibrated = cells
+        extra = "".join(f"  {cell:>10}" for cell in calibrated)
+        return f"{path:<{self._path_width}}  {score:>6}  {width:>5}  {height:>6}{extra}  {error}".rstrip() + "\n"
 
 
-def record(row: ScoredRow) -> dict:
-    """A row as a json object with the :data:`COLUMNS` as keys: missing values are ``null``."""
-    return {"path": row.name, "score": None if row.score is None else round(row.score, SCORE_DECIMALS),
-            "width": row.width, "height": row.height, "error": row.error or None}
+def record(row: ScoredRow, calibrated: bool = False) -> dict:
+    """A row as a json object with the :data:`COLUMNS` (and with ``calibrated`` the :data:`CALIBRATED_COLUMNS`) as
+    keys: missing values are ``null``."""
+    values = {"path": row.name, "score": None if row.score is None else round(row.score, SCORE_DECIMALS),
+              "width": row.width, "height": row.height, "error": row.error or None}
+    if calibrated:
+        values["mos"] = None if row.mos is None else round(row.mos, SCORE_DECIMALS)
+        values["percentile"] = None if row.percentile is None else round(row.percentile, 4)
+    return values
 
 
 def _csv_line(cells: Sequence[str]) -> str:

@@ -35,16 +35,23 @@ class ParquetRowWriter:
     A folder gets ``part-00000.parquet``, ``part-00001.parquet``... of at most a million rows each; earlier
     ``part-*.parquet`` files in it are removed first, as writing a file replaces it.
 
+    With ``calibrated``, the rows' ``mos`` and ``percentile`` are written too (float64 columns after ``error``).
+
     Raises:
         ImportError: pyarrow is not installed (the message names the extra).
         OSError: The file or folder cannot be created.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, calibrated: bool = False):
         require_pyarrow()
+        import pyarrow as pa
+
         from .distributed import row_schema
 
         self._schema = row_schema()
+        self._calibrated = calibrated
+        if calibrated:
+            self._schema = pa.schema([*self._schema, ("mos", pa.float64()), ("percentile", pa.float64())])
         self._folder = path if is_folder_target(path) else None
         if self._folder is not None:
             os.makedirs(self._folder, exist_ok=True)
@@ -60,8 +67,9 @@ class ParquetRowWriter:
 
     def write(self, rows: Iterable[Any]) -> None:
         """Buffers rows, writing a row group each time enough have come."""
-        self._buffer.extend(dict(path=row.name, score=row.score, width=row.width, height=row.height,
-                                 error=row.error) for row in rows)
+        self._buffer.extend(dict(path=row.name, score=row.score, width=row.width, height=row.height, error=row.error,
+                                 **({"mos": row.mos, "percentile": row.percentile} if self._calibrated else {}))
+                            for row in rows)
         while len(self._buffer) >= _ROWS_PER_GROUP:
             self._flush(_ROWS_PER_GROUP)
 

@@ -21,6 +21,8 @@ class ScoreResult:
         width: Upright width in pixels; ``None`` when not even the header could be read.
         height: Upright height in pixels; ``None`` when not even the header could be read.
         error: Why the input was not scored, on one line and without the name; empty when scored.
+        mos: With a calibration: the score as the predicted MOS of the calibration's dataset; else ``None``.
+        percentile: With a calibration: where the score falls among that dataset's images (0-100); else ``None``.
     """
 
     index: int
@@ -29,6 +31,8 @@ class ScoreResult:
     width: Optional[int] = None
     height: Optional[int] = None
     error: str = ""
+    mos: Optional[float] = None
+    percentile: Optional[float] = None
 
     @property
     def ok(self) -> bool:

@@ -22,6 +22,7 @@ from .prompts import PromptPair, as_prompt_pairs, preset_text_features
 from .weights import WeightsSpec, load_checkpoint, resolve_weights
 
 if TYPE_CHECKING:
+    from .calibration import Calibration
     from .maps import QualityMap
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -211,11 +212,15 @@ class QualityScorer:
             on the CPU, 16 Mpx elsewhere.
         max_image_pixels: Images with more pixels are refused (an error for that image) rather than risking the
             process running out of memory; default 48 Mpx. ``None`` disables the limit.
+        calibration: A :class:`~qualiclip_infer.calibration.Calibration` or its JSON file: :meth:`iter_scores`
+            results then carry ``mos`` and ``percentile`` on that dataset's scale. It must have been fitted for this
+            model and these settings.
 
     Raises:
         WeightsNotFoundError: The weights are not available (see the message for how to get them).
         CheckpointError: The file is not a QualiCLIP checkpoint in the official format.
         ValueError: An unknown device, precision or prompt list.
+        CalibrationError: The calibration cannot be read or was fitted for another model or settings.
     """
 
     def __init__(
@@ -235,6 +240,7 @@ class QualityScorer:
         logit_scale: Optional[float] = None,
         max_batch_pixels: Optional[int] = None,
         max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
+        calibration: Union["Calibration", str, os.PathLike, None] = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -256,6 +262,11 @@ class QualityScorer:
             weights, prompts, logit_scale, model=model, prompt_weights=prompt_weights, prompt_revision=prompt_revision,
             revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, fold_into=self._memory_format)
         self.model.to(self.device, memory_format=self._memory_format)
+        self.calibration: Optional[Calibration] = None
+        if calibration is not None:
+            from .calibration import checked_calibration
+
+            self.calibration = checked_calibration(calibration, self)
 
     def __repr__(self) -> str:
         return (f"QualityScorer(model={self.model_name!r}, weights={str(self.weights_path)!r}, "
@@ -381,9 +392,15 @@ class QualityScorer:
             workers: Decoding threads (default: one per CPU, at most 8).
 
         Yields:
-            :class:`ScoreResult` (index, name, score, width, height, error), in input order.
+            :class:`ScoreResult` (index, name, score, width, height, error, and with a calibration mos and
+            percentile), in input order.
         """
-        return iter_scores(self, inputs, names=names, workers=workers)
+        results = iter_scores(self, inputs, names=names, workers=workers)
+        if self.calibration is None:
+            return results
+        from .calibration import calibrated_results
+
+        return calibrated_results(self.calibration, results)
 
     def _autocast(self):
         if self.precision == "fp32":

@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-o", "--output", required=True, metavar="REPORT.json",
                      help="the JSON report; each model's scores are saved in the same folder")
     out.add_argument("--plot", metavar="FILE.png", help="also draw a scatter plot (needs the 'eval' extra)")
+    out.add_argument("--report", metavar="REPORT.html",
+                     help="also write a static HTML report: scatter with the fitted curve, metrics with intervals, "
+                          "the largest disagreements with the MOS, and the gallery of the first model's scores")
+    out.add_argument("--save-calibration", metavar="FILE.json",
+                     help="store the first model's fitted logistic and score quantiles on this dataset, for "
+                          "qualiclip-score --calibration (needs --model or --weights: not for --scores alone)")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress or exclusion messages")
     return parser
 
@@ -146,6 +152,9 @@ def _run(args: argparse.Namespace) -> int:
         # huggingface_hub reads this once, on import: set before anything imports it.
         os.environ["HF_HUB_OFFLINE"] = "1"
     specs = model_specs(args.model, args.weights, bool(args.scores))
+    if args.save_calibration and not specs:
+        raise UsageError("--save-calibration needs the model the scores are from (--model or --weights), to record "
+                         "what the calibration is valid for")
     prompts = read_prompts(args.prompts) if args.prompts else None
     table = read_mos(args.mos_file, dataset=args.dataset, root=args.root, path_col=args.path_col,
                      mos_col=args.mos_col, header=args.header,
@@ -171,5 +180,22 @@ def _run(args: argparse.Namespace) -> int:
             result.plot(args.plot)
     except OSError as error:
         raise UsageError(f"{error.filename or args.output}: {error.strerror or first_line(error)}") from error
+    if args.save_calibration:
+        from ..calibration import CalibrationError, evaluation_calibration, save_calibration, scorer_identity
+
+        try:
+            calibration = evaluation_calibration(result, specs[0].label, scorer_identity(load(specs[0])))
+            save_calibration(calibration, args.save_calibration)
+        except CalibrationError as error:
+            raise UsageError(first_line(error)) from None
+        except OSError as error:
+            raise UsageError(f"{args.save_calibration}: {error.strerror or first_line(error)}") from error
     print(result.table())
+    if args.report:
+        from ..report.cli import write_report
+        from ..report.evaluation import build_evaluation_report
+
+        if write_report(result, args.report, build=build_evaluation_report, workers=args.workers, tool=PROG,
+                        log=None if args.quiet else log) is None:
+            return EXIT_USAGE
     return EXIT_OK
