@@ -41,7 +41,8 @@ def build_evaluation_report(evaluation: Evaluation, page: str, *, workers: Optio
             f"gallery: scores of {models[0]['label']}")
     body = (f'<section id="evaluation" aria-labelledby="evaluation-title"><h2 id="evaluation-title">Agreement with '
             f'the MOS</h2>{metrics_table(report)}{"".join(sections)}{_excluded(report)}</section>')
-    return build_report(sorted(rows, key=lambda row: row.path), page, title=f"Evaluation: {report['dataset']}",
+    dataset = report["dataset"] if report["dataset"] != "csv" else os.path.basename(report["mos_file"])
+    return build_report(sorted(rows, key=lambda row: row.path), page, title=f"Evaluation: {dataset}",
                         workers=workers, note=note, evaluation_html=body)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .._version import __version__
 from ..colors import colorize, colormap_table
+from ..output import SCORE_DECIMALS
 from .previews import Preview, make_previews
 from .rows import ReportRow
 from .summary import histogram_svg, summarise, summary_html
@@ -109,7 +110,7 @@ def _data(scored: Sequence[ReportRow], previews: Mapping[str, Preview], mos_labe
     records: List[List[Any]] = []
     for row, colour in zip(scored, colours):
         preview = previews.get(row.path, Preview("", ""))
-        records.append([shown(row.path), row.score, row.width, row.height, preview.thumbnail, preview.view,
+        records.append([shown(row.path), round(row.score, SCORE_DECIMALS), row.width, row.height, preview.thumbnail, preview.view,
                         preview.map, "#%02x%02x%02x" % tuple(colour), row.mos, row.percentile, row.human])
     payload: Dict[str, Any] = {"columns": list(_COLUMNS), "rows": records, "mos_label": mos_label}
     # Inside <script>, "</" could end the element early; JSON allows the escaped form.
