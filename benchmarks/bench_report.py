@@ -61,6 +61,7 @@ def main() -> None:
     from qualiclip_infer import QualityScorer
     from qualiclip_infer.report import build_report, rows_from_results
 
+    load_before = os.getloadavg()[0]
     workdir = Path(args.workdir)
     checkpoint, _ = _checkpoint(workdir / "rn50-random.pth")
     folder = _photos(workdir / f"report-photos-{width}x{height}", width, height, args.count)
@@ -77,8 +78,8 @@ def main() -> None:
 
     print(f"\n## HTML report against scoring (issue 20, `benchmarks/bench_report.py`, "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)\n")
-    print(f"- Machine: {_cpu_model()} (lscpu), {os.cpu_count()} logical CPUs; load average before the run "
-          f"{os.getloadavg()[0]:.2f}; Python {platform.python_version()}, torch {torch.__version__}, "
+    print(f"- Machine: {_cpu_model()} (lscpu), {os.cpu_count()} logical CPUs; load average {load_before:.2f} before "
+          f"the run, {os.getloadavg()[0]:.2f} after; Python {platform.python_version()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} torch threads; device cpu, fp32")
     print(f"- {len(paths)} JPEG photos of {width}x{height}; full-size RN50 (random weights); one run of each, in "
           f"this order; the report's pictures: {pictures / 2**20:.1f} MiB ({pictures / len(paths) / 1024:.0f} KiB "
