@@ -16,6 +16,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from PIL import Image, ImageOps
 
+from .._errors import first_line
 from .rows import ReportRow
 
 THUMBNAIL_SIDE = 240
@@ -138,7 +139,4 @@ def _write_map_view(map_file: str, row: ReportRow, target: str) -> None:
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return error.strerror if isinstance(error, OSError) and error.strerror else first_line(error)

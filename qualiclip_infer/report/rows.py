@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
+from .._errors import first_line
 from ..output import SUFFIX_FORMATS
 
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"  # as qualiclip_infer.output writes files
@@ -137,8 +138,7 @@ def _parquet_records(path: str) -> List[Tuple[int, Mapping[str, Any]]]:
     try:
         table = pq.read_table(path)
     except Exception as error:  # pyarrow raises its own types for files that are not Parquet
-        raise ReportInputError(f"{path}: not a Parquet table ({str(error).splitlines()[0] if str(error) else error!r})"
-                               ) from None
+        raise ReportInputError(f"{path}: not a Parquet table ({first_line(error)})") from None
     _require_columns(path, table.column_names)
     return list(enumerate(table.to_pylist(), 1))
 
