@@ -400,10 +400,9 @@ def _run(args: argparse.Namespace) -> int:
         from .report.cli import write_report
 
         # After --resume the file holds the earlier runs' rows too.
+        log = None if args.quiet else lambda message: print(f"{PROG}: {message}", file=sys.stderr)
         report_ok = write_report(args.output if args.resume else collected.rows, args.report, maps=map_files,
-                                 workers=args.workers, note=f"{len(paths)} images scored by {PROG}",
-                                 log=None if args.quiet else lambda message: print(f"{PROG}: {message}", file=sys.stderr),
-                                 tool=PROG)
+                                 workers=args.workers, note=f"{len(paths)} images scored by {PROG}", log=log, tool=PROG)
     return EXIT_FAILURES if failures or (maps and maps.failures) or not report_ok else EXIT_OK
 
 

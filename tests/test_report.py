@@ -150,8 +150,9 @@ def test_the_large_view_shows_the_right_photo_and_map_and_keys_move_through_it(p
             assert mean_difference(view.resize(other.size), other) > 20
     overlay = page.find_element("css selector", "#viewer-map")
     assert overlay.is_displayed()
-    with Image.open(collection.root / maps[path]) as drawn, Image.open(local_file(overlay.get_attribute("src"))) as shown:
-        assert mean_difference(shown, drawn.convert("RGB").crop((0, 0, *shown.size))) < 6
+    with Image.open(collection.root / maps[path]) as drawn, \
+            Image.open(local_file(overlay.get_attribute("src"))) as seen:
+        assert mean_difference(seen, drawn.convert("RGB").crop((0, 0, *seen.size))) < 6
     assert overlay.rect == photo.rect  # laid exactly over the photo
 
     body = page.find_element("css selector", "body")

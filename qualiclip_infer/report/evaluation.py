@@ -53,7 +53,8 @@ def metrics_table(report: Mapping[str, Any]) -> str:
     lines = []
     for model in report["models"]:
         cells = "".join(f"<td>{_cell(model['metrics'].get(name))}</td>" for name in names)
-        lines.append(f'<tr><td class="path">{html.escape(shown(model["label"]))}</td><td>{report["n"]}</td>{cells}</tr>')
+        label = html.escape(shown(model["label"]))
+        lines.append(f'<tr><td class="path">{label}</td><td>{report["n"]}</td>{cells}</tr>')
     confidence = report["settings"].get("confidence", 0.95)
     return (f'<div class="table-wrap"><table id="metrics-table"><thead><tr><th>model</th><th>n</th>{header}</tr>'
             f'</thead><tbody>{"".join(lines)}</tbody></table></div><p class="note">Values with their '
@@ -145,11 +146,13 @@ def _tile(image: str, score: float, mos: float, predicted: float, index: Mapping
 
 
 def _excluded(report: Mapping[str, Any]) -> str:
-    excluded = report.get("excluded", {})
-    lines = [f"<li>{html.escape(name.replace('_', ' '))}: {value['count']}"
-             + (f" ({html.escape(shown(', '.join(value['first'])))}{', ...' if value['count'] > len(value['first']) else ''})"
-                if value.get("first") else "") + "</li>"
-             for name, value in excluded.items() if value.get("count")]
+    lines = []
+    for name, value in report.get("excluded", {}).items():
+        first = value.get("first") or []
+        if not value.get("count"):
+            continue
+        examples = f" ({html.escape(shown(', '.join(first)))}{', ...' if value['count'] > len(first) else ''})"
+        lines.append(f"<li>{html.escape(name.replace('_', ' '))}: {value['count']}{examples if first else ''}</li>")
     return f'<h3>Left out</h3><ul class="note">{"".join(lines)}</ul>' if lines else ""
 
 

@@ -110,8 +110,8 @@ def _data(scored: Sequence[ReportRow], previews: Mapping[str, Preview], mos_labe
     records: List[List[Any]] = []
     for row, colour in zip(scored, colours):
         preview = previews.get(row.path, Preview("", ""))
-        records.append([shown(row.path), round(row.score, SCORE_DECIMALS), row.width, row.height, preview.thumbnail, preview.view,
-                        preview.map, "#%02x%02x%02x" % tuple(colour), row.mos, row.percentile, row.human])
+        records.append([shown(row.path), round(row.score, SCORE_DECIMALS), row.width, row.height, preview.thumbnail,
+                        preview.view, preview.map, "#%02x%02x%02x" % tuple(colour), row.mos, row.percentile, row.human])
     payload: Dict[str, Any] = {"columns": list(_COLUMNS), "rows": records, "mos_label": mos_label}
     # Inside <script>, "</" could end the element early; JSON allows the escaped form.
     return json.dumps(payload, ensure_ascii=True, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")

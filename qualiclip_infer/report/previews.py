@@ -84,7 +84,7 @@ def _source(path: str, root: Optional[str]) -> str:
 
 def _make(row: ReportRow, source: str, map_file: Optional[str], folder: str
           ) -> Tuple[Optional[Tuple[str, str, str]], List[str], int]:
-    """``(thumbnail, view, map)`` names for one row (``None`` if its image cannot be read), problems, whether decoded."""
+    """``(thumbnail, view, map)`` names for a row (``None`` if its image cannot be read), problems, whether decoded."""
     digest = hashlib.sha1(os.fsencode(row.path)).hexdigest()[:20]
     stem = f"{digest[:2]}/{digest[2:]}"
     thumbnail, view, map_view = f"{stem}-t.jpg", f"{stem}-v.jpg", f"{stem}-m.jpg"
