@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 import warnings
-from typing import TYPE_CHECKING, Callable, List, NoReturn, Optional, Sequence, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, List, NoReturn, Optional, Sequence, Tuple, Type
 
 from .constants import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS, PRECISIONS, default_workers
 from .extras import MissingExtraError
@@ -29,6 +29,9 @@ EXIT_FAILURES = 1  # some inputs could not be scored (qualiclip-score), or train
 EXIT_USAGE = 2
 EXIT_SYSTEM = 3  # the machine failed: disk full, output folder gone, I/O error
 EXIT_INTERRUPTED = 130
+
+# A report's pictures that could not be made are named up to this many, then counted.
+REPORT_PROBLEMS_SHOWN = 5
 
 EXIT_STATUS_HELP = {
     EXIT_USAGE: "2 usage error (bad option or input file, model unavailable; one line on standard error)",
@@ -254,8 +257,40 @@ def scorer_options(args: argparse.Namespace, prompts: Optional[Sequence[Tuple[st
                    prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale,
                    max_image_pixels=None if args.max_pixels is None else round(args.max_pixels * 1e6),
                    model=getattr(args, "model", None), prompt_weights=getattr(args, "prompt_weights", None),
-                   prompt_revision=getattr(args, "prompt_revision", None))
+                   prompt_revision=getattr(args, "prompt_revision", None),
+                   calibration=getattr(args, "calibration", None))
     return {"local_files_only": args.offline, **{k: v for k, v in options.items() if v is not None}}
+
+
+def report_step(prog: str, source: Any, page: str, *, quiet: bool, **options: Any) -> Optional[bool]:
+    """Builds an HTML report after a command's work and prints how it went.
+
+    Args:
+        prog: The command, for the messages.
+        source: The rows, a scores file, or (with a ``build`` option) an evaluation.
+        page: The HTML file.
+        quiet: Only errors are printed.
+        options: Arguments of :func:`~qualiclip_infer.report.publish.publish_report`.
+
+    Returns:
+        ``True`` when written with every picture, ``False`` when some pictures are missing, ``None`` when no page
+        could be written (the error is printed).
+    """
+    from .report.publish import ReportError, publish_report
+
+    try:
+        result = publish_report(source, page, **options)
+    except ReportError as error:
+        say(prog, f"error: {error}")
+        return None
+    for problem in result.problems[:REPORT_PROBLEMS_SHOWN]:
+        say(prog, problem)
+    if len(result.problems) > REPORT_PROBLEMS_SHOWN:
+        say(prog, f"... and {len(result.problems) - REPORT_PROBLEMS_SHOWN} more pictures not made")
+    if not quiet:
+        say(prog, f"report: {result.page} ({result.scored} of {result.images} images scored, "
+                  f"{result.previews_made} pictures made)")
+    return not result.problems
 
 
 def load_scorer(args: argparse.Namespace, prompts: Optional[Sequence[Tuple[str, str]]]) -> QualityScorer:
@@ -269,6 +304,7 @@ def load_scorer(args: argparse.Namespace, prompts: Optional[Sequence[Tuple[str, 
     import torch
     from PIL import Image
 
+    from .calibration import CalibrationError
     from .scorer import QualityScorer
 
     # Pillow warns about images over 89 Mpx; the scorer's own pixel limit decides what is scored, row by row.
@@ -277,5 +313,7 @@ def load_scorer(args: argparse.Namespace, prompts: Optional[Sequence[Tuple[str, 
         torch.set_num_threads(args.threads)
     try:
         return QualityScorer(**scorer_options(args, prompts))
+    except CalibrationError as error:  # the calibration file is the problem, not the model
+        raise UsageError(first_line(error)) from None
     except Exception as error:  # weights come from files and the network, which fail in many ways: one line each
         raise UsageError(f"cannot load the model: {first_line(error)}") from error

@@ -8,10 +8,8 @@ the L2-normalised text features of the seven antonym prompt pairs, positive and 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Mapping, Optional, Union
 import torch
 
 from .atomic import atomic_write
+from .hub import file_sha256  # noqa: F401 (this module's API since 0.1)
 from .messages import first_line
 from .model import ClipArchitecture
 
@@ -73,22 +72,6 @@ class Checkpoint:
         if "sha256" not in self._digest:
             self._digest["sha256"] = file_sha256(self.path)
         return self._digest["sha256"]
-
-
-def file_sha256(path: Union[str, os.PathLike]) -> str:
-    """SHA-256 of a file's bytes.
-
-    A file in the Hugging Face cache is a link to ``blobs/<ETag>``, and the ETag of a Git LFS file (every weights
-    file) is the SHA-256 of its bytes: that name is used instead of reading 400 MB (about a second) on every load.
-    """
-    target = Path(path).resolve()
-    if target.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", target.name):
-        return target.name
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_checkpoint(path: Union[str, os.PathLike]) -> Checkpoint:

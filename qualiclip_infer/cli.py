@@ -20,8 +20,8 @@ import sys
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ._cli import (EXIT_FAILURES, EXIT_OK, Parser, UsageError, add_scoring_options, apply_offline,
-                   exit_status_epilog, finite_float, load_scorer, positive_float, read_prompts, run, say,
-                   scorer_options)
+                   exit_status_epilog, finite_float, load_scorer, positive_float, read_prompts, report_step, run,
+                   say, scorer_options)
 from ._version import __version__
 from .constants import MAP_METHODS
 from .files import InputNotFoundError, find_images, mirrored_paths
@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--maps", metavar="DIR",
                      help="also draw a quality map of each scored image, a PNG under DIR named after the image "
                           "(x.jpg -> x.jpg.png), in the input's folders below the deepest one holding all inputs")
+    out.add_argument("--report", metavar="REPORT.html",
+                     help="after scoring, also write a static HTML report (gallery worst first, histogram, failed "
+                          "inputs, the --maps over the large views), its thumbnails in REPORT_files/")
+    out.add_argument("--calibration", metavar="FILE.json",
+                     help="add the columns mos and percentile, on the scale of the dataset a calibration file "
+                          "(qualiclip-eval --save-calibration) was fitted on, for the same model and settings")
     out.add_argument("--map-method", choices=MAP_METHODS, default="windows",
                      help="with --maps: windows (each cell the exact score of a 224x224 crop, every 112 pixels; "
                           "default) or tokens (one pass, a cell per 32x32 pixels; an approximation)")
@@ -239,22 +245,33 @@ def _run(args: argparse.Namespace) -> int:
         scorer = load_scorer(args, prompts)
         rows = scorer.iter_scores(paths, workers=args.workers)
         maps = _MapWriter(scorer, map_files, args.map_method) if args.maps else None
+    if args.report:
+        from .report import RowCollector
+
+        rows = collected = RowCollector(rows)
     try:
         stream = None if fmt == "parquet" else open_output(args.output, append=args.resume)
     except OutputFileError as error:
         raise UsageError(str(error)) from None
     try:
         if stream is None:
-            writer = _parquet_writer(args.output)
+            writer = _parquet_writer(args.output, calibrated=args.calibration is not None)
         else:
-            writer = RowWriter(stream, fmt, header=not has_content, path_width=max(map(len, paths), default=4))
+            writer = RowWriter(stream, fmt, header=not has_content, path_width=max(map(len, paths), default=4),
+                               calibrated=args.calibration is not None)
         scores, failures = _score_and_write(rows, len(paths), args, writer, maps)
     finally:
         if stream is not None and stream is not sys.stdout:
             stream.close()
     if args.summary and sys.stderr is not None:
         print(summary(scores, failures), file=sys.stderr)
-    return EXIT_FAILURES if failures or (maps and maps.failures) else EXIT_OK
+    report_ok = True
+    if args.report:
+        # After --resume the file holds the earlier runs' rows too.
+        report_ok = report_step(PROG, args.output if args.resume else collected.rows, args.report,
+                                quiet=args.quiet, maps=map_files, workers=args.workers,
+                                note=f"{len(paths)} images scored by {PROG}")
+    return EXIT_FAILURES if failures or (maps and maps.failures) or not report_ok else EXIT_OK
 
 
 def _find(args: argparse.Namespace) -> List[str]:
@@ -283,6 +300,8 @@ def _output_format(args: argparse.Namespace) -> str:
         raise UsageError("--actors, --cpus-per-actor and --gpus-per-actor need --ray")
     if args.ray is not None and args.maps:
         raise UsageError("--maps cannot be combined with --ray: maps are drawn by a local scorer")
+    if args.calibration and (args.ray is not None or args.resume):
+        raise UsageError(f"--calibration cannot be combined with {'--ray' if args.ray is not None else '--resume'}")
     fmt = choose_format(args.format, args.output, sys.stdout.isatty())
     if fmt == "parquet" and not args.output:
         raise UsageError("parquet output needs -o FILE.parquet or -o FOLDER/")
@@ -317,11 +336,11 @@ def _ray_rows(args: argparse.Namespace, paths: Sequence[str],
         raise UsageError(str(error)) from error
 
 
-def _parquet_writer(path: str) -> RowWriter:
+def _parquet_writer(path: str, calibrated: bool = False) -> RowWriter:
     try:
         from .parquet_rows import ParquetRowWriter
 
-        return ParquetRowWriter(path)
+        return ParquetRowWriter(path, calibrated)
     except OSError as error:
         raise UsageError(f"-o {path}: {error.strerror or error}") from error
 

@@ -11,19 +11,21 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import List, Literal, Optional, Sequence, Union
+from typing import Iterable, Iterator, List, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
 from . import engine, maps
+from .calibration import Calibration, calibrated_results, checked_calibration
 from .constants import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS
 from .devices import Precision, check_precision, resolve_device
 from .hub import WeightsSpec
 from .images import EncodedImage, ImageError, ImageInput, check_size, check_tensor, unsupported_input
 from .loading import load_model, load_network  # noqa: F401 (load_model: this module's API since 0.1)
 from .presets import DEFAULT_MODEL
+from .results import ScoreResult
 from .runner import BatchRunner, check_batch_options, network_memory_format
 
 
@@ -63,10 +65,14 @@ class QualityScorer(BatchRunner):
             on the CPU, 16 Mpx elsewhere.
         max_image_pixels: Images with more pixels are refused (an error for that image) rather than risking the
             process running out of memory; default 48 Mpx. ``None`` disables the limit.
+        calibration: A :class:`~qualiclip_infer.calibration.Calibration` or its JSON file: :meth:`iter_scores`
+            results then carry ``mos`` and ``percentile`` on that dataset's scale. It must have been fitted for this
+            model and these settings.
 
     Raises:
         WeightsNotFoundError: The weights are not available (see the message for how to get them).
         CheckpointError: The file is not a QualiCLIP checkpoint in the official format.
+        CalibrationError: The calibration cannot be read or was fitted for another model or settings.
         ValueError: An unknown device, precision or prompt list, or a number out of range.
     """
 
@@ -87,6 +93,7 @@ class QualityScorer(BatchRunner):
         logit_scale: Optional[float] = None,
         max_batch_pixels: Optional[int] = None,
         max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
+        calibration: Union[Calibration, str, os.PathLike, None] = None,
     ):
         # Everything that can be checked without the weights is, before any download.
         resolved = resolve_device(device)
@@ -99,15 +106,22 @@ class QualityScorer(BatchRunner):
             local_files_only=local_files_only, fold_into=network_memory_format(resolved))
         super().__init__(network, resolved, precision=precision, batch_size=batch_size,
                          max_batch_pixels=max_batch_pixels, max_image_pixels=max_image_pixels)
+        self.calibration = None if calibration is None else checked_calibration(calibration, self)
 
     def __repr__(self) -> str:
         return (f"QualityScorer(model={self.model_name!r}, weights={str(self.weights_path)!r}, "
                 f"device={str(self.device)!r}, precision={self.precision!r}, pairs={self.model.num_pairs}, "
                 f"logit_scale={self.model.logit_scale})")
 
-    # The engine and the maps document these methods: they take the scorer as their first argument.
-    iter_scores = engine.iter_scores
+    # The maps document this method: it takes the scorer as its first argument.
     quality_map = maps.quality_map
+
+    def iter_scores(self, inputs: Iterable[ImageInput], *, names: Optional[Sequence[str]] = None,
+                    workers: Optional[int] = None) -> Iterator[ScoreResult]:
+        """:func:`qualiclip_infer.engine.iter_scores` with this scorer (its docstring says it all); with a
+        calibration, each scored result also carries ``mos`` and ``percentile``."""
+        results = engine.iter_scores(self, inputs, names=names, workers=workers)
+        return results if self.calibration is None else calibrated_results(self.calibration, results)
 
     def score(self, images: Union[ImageInput, Sequence[ImageInput]], *,
               on_error: Literal["raise", "nan"] = "raise") -> Union[float, List[float], torch.Tensor]:

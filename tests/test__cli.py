@@ -14,7 +14,7 @@ from qualiclip_infer import _cli
 from qualiclip_infer.files import UnlistableFolderWarning, _report_unlistable
 
 COMMANDS = {"qualiclip-score": "qualiclip_infer", "qualiclip-eval": "qualiclip_infer.eval",
-            "qualiclip-train": "qualiclip_infer.train"}
+            "qualiclip-train": "qualiclip_infer.train", "qualiclip-report": "qualiclip_infer.report"}
 
 
 @pytest.mark.parametrize("parse, text, value", [
@@ -90,12 +90,13 @@ def test_check_writable(tmp_path):
 def test_every_command_reports_a_bad_number_on_one_line(command, tmp_path):
     argv = {"qualiclip-score": ["x.jpg", "--batch-size", "0"],
             "qualiclip-eval": ["mos.csv", "-o", "r.json", "--batch-size", "0"],
-            "qualiclip-train": ["fit", "--images", str(tmp_path), "--out", "m.pth", "--batch-size", "0"]}[command]
+            "qualiclip-train": ["fit", "--images", str(tmp_path), "--out", "m.pth", "--batch-size", "0"],
+            "qualiclip-report": ["scores.csv", "--workers", "0"]}[command]
     result = subprocess.run([sys.executable, "-m", COMMANDS[command], *argv], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == _cli.EXIT_USAGE
     assert result.stderr.count("\n") == 1, result.stderr
-    assert "--batch-size" in result.stderr and "expected an integer >= 1, got '0'" in result.stderr
+    assert argv[-2] in result.stderr and "expected an integer >= 1, got '0'" in result.stderr
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

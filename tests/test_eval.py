@@ -451,7 +451,7 @@ def test_scoring_options_have_the_same_names_as_qualiclip_score():
 
     shared = options(score_parser()) - {"-o", "--output", "--format", "--resume", "--sort", "--reverse",
                                          "--min-score", "--max-score", "--summary", "--no-recursive", "--hidden",
-                                         "--shard", "--maps", "--map-method",  # what is written besides rows
+                                         "--shard", "--maps", "--map-method", "--calibration",  # written besides rows
                                          "--ray", "--actors", "--cpus-per-actor", "--gpus-per-actor"}  # where
     assert shared <= options(build_parser())
     args = build_parser().parse_args(["mos.csv", "-o", "r.json", "--model", "clipiqa", "--weights", "w.pth",

@@ -16,8 +16,9 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-from .._cli import (EXIT_OK, Parser, UsageError, add_scoring_options, apply_offline, check_writable,
-                    exit_status_epilog, load_scorer, non_negative_int, read_prompts, run, scorer_options)
+from .._cli import (EXIT_OK, EXIT_USAGE, Parser, UsageError, add_scoring_options, apply_offline, check_writable,
+                    exit_status_epilog, load_scorer, non_negative_int, read_prompts, report_step, run,
+                    scorer_options)
 from .._version import __version__
 from .evaluate import EvaluationError, ModelSpec, evaluate
 from .mos import DATASETS, LAYOUTS, MosFileError, read_mos
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-o", "--output", required=True, metavar="REPORT.json",
                      help="the JSON report; each model's scores are saved in the same folder")
     out.add_argument("--plot", metavar="FILE.png", help="also draw a scatter plot (needs the 'eval' extra)")
+    out.add_argument("--report", metavar="REPORT.html",
+                     help="also write a static HTML report: scatter with the fitted curve, metrics with intervals, "
+                          "the largest disagreements with the MOS, and the gallery of the first model's scores")
+    out.add_argument("--save-calibration", metavar="FILE.json",
+                     help="store the first model's fitted logistic and score quantiles on this dataset, for "
+                          "qualiclip-score --calibration (needs --model or --weights: not for --scores alone)")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress or exclusion messages")
     return parser
 
@@ -135,6 +142,9 @@ def _run(args: argparse.Namespace) -> int:
         check_writable(args.plot, "--plot")
     apply_offline(args)
     specs = model_specs(args.model, args.weights, bool(args.scores))
+    if args.save_calibration and not specs:
+        raise UsageError("--save-calibration needs the model the scores are from (--model or --weights), to record "
+                         "what the calibration is valid for")
     prompts = read_prompts(args.prompts) if args.prompts else None
     table = read_mos(args.mos_file, dataset=args.dataset, root=args.root, path_col=args.path_col,
                      mos_col=args.mos_col, header=args.header,
@@ -160,5 +170,21 @@ def _run(args: argparse.Namespace) -> int:
             result.plot(args.plot)
     except OSError as error:
         raise UsageError(f"{error.filename or args.output}: {error.strerror or error}") from error
+    if args.save_calibration:
+        from ..calibration import CalibrationError, evaluation_calibration, save_calibration, scorer_identity
+
+        try:
+            calibration = evaluation_calibration(result, specs[0].label, scorer_identity(load(specs[0])))
+            save_calibration(calibration, args.save_calibration)
+        except CalibrationError as error:
+            raise UsageError(error) from None
+        except OSError as error:
+            raise UsageError(f"{args.save_calibration}: {error.strerror or error}") from error
     print(result.table())
+    if args.report:
+        from ..report.evaluation import build_evaluation_report
+
+        if report_step(PROG, result, args.report, quiet=args.quiet, build=build_evaluation_report,
+                       workers=args.workers) is None:
+            return EXIT_USAGE
     return EXIT_OK
