@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, List, NoReturn, Optional, Sequence, Tuple, Type
+from typing import TYPE_CHECKING, Callable, List, NoReturn, Optional, Sequence, Tuple, Type
 
 from .constants import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS, PRECISIONS, default_workers
 from .extras import MissingExtraError
@@ -29,9 +29,6 @@ EXIT_FAILURES = 1  # some inputs could not be scored (qualiclip-score), or train
 EXIT_USAGE = 2
 EXIT_SYSTEM = 3  # the machine failed: disk full, output folder gone, I/O error
 EXIT_INTERRUPTED = 130
-
-# A report's pictures that could not be made are named up to this many, then counted.
-REPORT_PROBLEMS_SHOWN = 5
 
 EXIT_STATUS_HELP = {
     EXIT_USAGE: "2 usage error (bad option or input file, model unavailable; one line on standard error)",
@@ -260,37 +257,6 @@ def scorer_options(args: argparse.Namespace, prompts: Optional[Sequence[Tuple[st
                    prompt_revision=getattr(args, "prompt_revision", None),
                    calibration=getattr(args, "calibration", None))
     return {"local_files_only": args.offline, **{k: v for k, v in options.items() if v is not None}}
-
-
-def report_step(prog: str, source: Any, page: str, *, quiet: bool, **options: Any) -> Optional[bool]:
-    """Builds an HTML report after a command's work and prints how it went.
-
-    Args:
-        prog: The command, for the messages.
-        source: The rows, a scores file, or (with a ``build`` option) an evaluation.
-        page: The HTML file.
-        quiet: Only errors are printed.
-        options: Arguments of :func:`~qualiclip_infer.report.publish.publish_report`.
-
-    Returns:
-        ``True`` when written with every picture, ``False`` when some pictures are missing, ``None`` when no page
-        could be written (the error is printed).
-    """
-    from .report.publish import ReportError, publish_report
-
-    try:
-        result = publish_report(source, page, **options)
-    except ReportError as error:
-        say(prog, f"error: {error}")
-        return None
-    for problem in result.problems[:REPORT_PROBLEMS_SHOWN]:
-        say(prog, problem)
-    if len(result.problems) > REPORT_PROBLEMS_SHOWN:
-        say(prog, f"... and {len(result.problems) - REPORT_PROBLEMS_SHOWN} more pictures not made")
-    if not quiet:
-        say(prog, f"report: {result.page} ({result.scored} of {result.images} images scored, "
-                  f"{result.previews_made} pictures made)")
-    return not result.problems
 
 
 def load_scorer(args: argparse.Namespace, prompts: Optional[Sequence[Tuple[str, str]]]) -> QualityScorer:

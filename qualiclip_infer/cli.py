@@ -20,7 +20,7 @@ import sys
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ._cli import (EXIT_FAILURES, EXIT_OK, Parser, UsageError, add_scoring_options, apply_offline,
-                   exit_status_epilog, finite_float, load_scorer, positive_float, read_prompts, report_step, run,
+                   exit_status_epilog, finite_float, load_scorer, positive_float, read_prompts, run,
                    say, scorer_options)
 from ._version import __version__
 from .constants import MAP_METHODS
@@ -268,9 +268,11 @@ def _run(args: argparse.Namespace) -> int:
     report_ok = True
     if args.report:
         # After --resume the file holds the earlier runs' rows too.
-        report_ok = report_step(PROG, args.output if args.resume else collected.rows, args.report,
-                                quiet=args.quiet, maps=map_files, workers=args.workers,
-                                note=f"{len(paths)} images scored by {PROG}")
+        from .report.publish import publish_for_command
+
+        report_ok = publish_for_command(args.output if args.resume else collected.rows, args.report,
+                                        say=lambda message: say(PROG, message), quiet=args.quiet, maps=map_files,
+                                        workers=args.workers, note=f"{len(paths)} images scored by {PROG}")
     return EXIT_FAILURES if failures or (maps and maps.failures) or not report_ok else EXIT_OK
 
 

@@ -17,7 +17,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from .._cli import (EXIT_OK, EXIT_USAGE, Parser, UsageError, add_scoring_options, apply_offline, check_writable,
-                    exit_status_epilog, load_scorer, non_negative_int, read_prompts, report_step, run,
+                    exit_status_epilog, load_scorer, non_negative_int, read_prompts, run, say,
                     scorer_options)
 from .._version import __version__
 from .evaluate import EvaluationError, ModelSpec, evaluate
@@ -182,9 +182,11 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.save_calibration}: {error.strerror or error}") from error
     print(result.table())
     if args.report:
-        from ..report.evaluation import build_evaluation_report
+        from .report_page import build_evaluation_report
 
-        if report_step(PROG, result, args.report, quiet=args.quiet, build=build_evaluation_report,
-                       workers=args.workers) is None:
+        from ..report.publish import publish_for_command
+
+        if publish_for_command(result, args.report, say=lambda message: say(PROG, message), quiet=args.quiet,
+                               build=build_evaluation_report, workers=args.workers) is None:
             return EXIT_USAGE
     return EXIT_OK

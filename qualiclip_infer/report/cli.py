@@ -11,12 +11,12 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from .._cli import (EXIT_FAILURES, EXIT_OK, EXIT_USAGE, Parser, UsageError, exit_status_epilog, positive_int,
-                    report_step, run)
+from .._cli import (EXIT_FAILURES, EXIT_OK, EXIT_USAGE, Parser, UsageError, exit_status_epilog, positive_int, run,
+                    say)
 from .._version import __version__
 from ..constants import default_workers
 from ..score_files import ScoresFileError
-from .publish import map_files
+from .publish import map_files, publish_for_command
 from .rows import read_rows
 
 PROG = "qualiclip-report"
@@ -59,6 +59,6 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--maps {args.maps}: not a folder")
     output = args.output or os.path.splitext(args.scores.rstrip("/" + os.sep))[0] + ".html"
     maps = map_files(rows, args.maps, args.root) if args.maps else None
-    ok = report_step(PROG, rows, output, quiet=args.quiet, maps=maps, root=args.root, workers=args.workers,
-                     title=args.title, note=f"from {args.scores}")
+    ok = publish_for_command(rows, output, say=lambda message: say(PROG, message), quiet=args.quiet, maps=maps,
+                             root=args.root, workers=args.workers, title=args.title, note=f"from {args.scores}")
     return EXIT_USAGE if ok is None else EXIT_OK if ok else EXIT_FAILURES

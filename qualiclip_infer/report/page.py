@@ -66,7 +66,7 @@ def build_report(rows: Sequence[ReportRow], page: str, *, title: Optional[str] =
         workers: Threads decoding images for the pictures.
         mos_label: How the calibrated ``mos`` column is named on tiles (e.g. ``MOS (KonIQ-10k)``).
         note: A line under the title (where the scores came from).
-        evaluation_html: An evaluation section (see :mod:`qualiclip_infer.report.evaluation`).
+        evaluation_html: An evaluation section (``qualiclip-eval --report`` builds one: :mod:`qualiclip_infer.eval.report_page`).
 
     Returns:
         The :class:`ReportResult`.

@@ -51,3 +51,35 @@ def map_files(rows: Sequence[ReportRow], folder: str, root: Optional[str] = None
     sources = [path if root is None or os.path.isabs(path) else os.path.join(root, path) for path in paths]
     placed = mirrored_paths(sources, folder, ".png")
     return {path: placed[source] for path, source in zip(paths, sources)}
+
+
+# A report's pictures that could not be made are named up to this many, then counted.
+PROBLEMS_SHOWN = 5
+
+
+def publish_for_command(source: Any, page: str, *, say: Callable[[str], None], quiet: bool,
+                        **options: Any) -> Optional[bool]:
+    """:func:`publish_report` as a command's ``--report`` step: messages go to ``say``, one line each.
+
+    Args:
+        source, page, options: As for :func:`publish_report`.
+        say: Receives each message (the command prefixes its name).
+        quiet: Only errors and missing pictures are said.
+
+    Returns:
+        ``True`` when written with every picture, ``False`` when some pictures are missing, ``None`` when no page
+        could be written (the error is said).
+    """
+    try:
+        result = publish_report(source, page, **options)
+    except ReportError as error:
+        say(f"error: {error}")
+        return None
+    for problem in result.problems[:PROBLEMS_SHOWN]:
+        say(problem)
+    if len(result.problems) > PROBLEMS_SHOWN:
+        say(f"... and {len(result.problems) - PROBLEMS_SHOWN} more pictures not made")
+    if not quiet:
+        say(f"report: {result.page} ({result.scored} of {result.images} images scored, "
+            f"{result.previews_made} pictures made)")
+    return not result.problems

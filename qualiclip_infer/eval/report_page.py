@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .. import metrics
-from ..eval.evaluate import _cell  # the markdown table's cell: value [low, high]
-from .page import ReportResult, build_report, shown
-from .rows import ReportRow
+from ..report.page import ReportResult, build_report, shown
+from ..report.rows import ReportRow
+from .evaluate import _cell  # the markdown table's cell: value [low, high]
 
 if TYPE_CHECKING:
-    from ..eval.evaluate import Evaluation
+    from .evaluate import Evaluation
 
 DISAGREEMENTS = 8  # images shown in each direction
 MAX_POINTS = 20_000  # a scatter over more images shows an even sample of them
