@@ -13,7 +13,7 @@ import numpy as np
 from .. import metrics
 from ..report.page import ReportResult, build_report, shown
 from ..report.rows import ReportRow
-from .evaluate import _cell  # the markdown table's cell: value [low, high]
+from .report import metric_cell
 
 if TYPE_CHECKING:
     from .evaluate import Evaluation
@@ -52,7 +52,7 @@ def metrics_table(report: Mapping[str, Any]) -> str:
     header = "".join(f"<th>{html.escape(_title(name))}</th>" for name in names)
     lines = []
     for model in report["models"]:
-        cells = "".join(f"<td>{_cell(model['metrics'].get(name))}</td>" for name in names)
+        cells = "".join(f"<td>{metric_cell(model['metrics'].get(name))}</td>" for name in names)
         label = html.escape(shown(model["label"]))
         lines.append(f'<tr><td class="path">{label}</td><td>{report["n"]}</td>{cells}</tr>')
     confidence = report["settings"].get("confidence", 0.95)
