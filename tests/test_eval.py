@@ -17,6 +17,7 @@ from typing import Dict, List
 import numpy as np
 import pytest
 from helpers import TINY_CONFIG, natural_image, save_image, write_checkpoint
+from helpers_eval import CountingLoader, write_scores
 from scipy import optimize, stats
 
 from qualiclip_infer import metrics
@@ -235,6 +236,22 @@ def test_bootstrap_refits_the_logistic_on_each_resample():
         assert samples["srcc"][row] == pytest.approx(stats.spearmanr(xr, yr)[0], abs=1e-12)
 
 
+def test_paired_p_value_is_two_sided():
+    # Twenty resampled differences: 3 below zero, 1 at zero, 16 above. On or below zero: 4/20; on or above: 17/20.
+    # Two-sided p = 2 * min(0.2, 0.85) = 0.4; a one-sided p would be 0.2 or 0.85, an undoubled one 0.2.
+    delta = np.array([-0.3, -0.2, -0.1, 0.0] + [0.05 * k for k in range(1, 17)])
+    first = np.full(delta.size, 0.5)
+    assert metrics.paired_difference(first, first + delta, 0.1)["p_value"] == pytest.approx(0.4, abs=1e-12)
+    # Mirrored, most differences below zero: the same p.
+    assert metrics.paired_difference(first, first - delta, -0.1)["p_value"] == pytest.approx(0.4, abs=1e-12)
+    # A resample where a metric is undefined counts on neither side.
+    with_nan = metrics.paired_difference(np.append(first, 0.5), np.append(first + delta, np.nan), 0.1)
+    assert with_nan["p_value"] == pytest.approx(0.4, abs=1e-12)
+    # 1 of 20 on or below zero: p = 0.1; the shares are doubled, never beyond 1 (all differences zero: p = 1).
+    assert metrics.paired_difference(first, first + np.abs(delta), 0.1)["p_value"] == pytest.approx(0.1, abs=1e-12)
+    assert metrics.paired_difference(first, first, 0.0)["p_value"] == 1.0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # MOS files
 
@@ -423,6 +440,74 @@ def test_saved_scores_survive_an_interrupted_write(tmp_path):
     with pytest.raises(ScoresFileError, match="no header path,score,width,height,error.*--rescore"):
         ScoreCache(path)
     assert ScoreCache(path, fresh=True).saved == {}
+
+
+# Saved scores are named by a digest of everything that changes the scores (docs/evaluation.md: preset, weights
+# path or Hub spec, revision, prompts, logit scale, precision, pixel limit). Each entry changes one of them from
+# _BASE: (ModelSpec fields, scorer settings). Changing the preset or the weights folder keeps the file's readable
+# part ("w.pth)"), so only the digest can tell the files apart.
+_BASE = (dict(model="qualiclip", weights="one/w.pth"),
+         dict(revision="main", prompts=[("good photo.", "bad photo.")], logit_scale=100.0, precision="fp32",
+              max_image_pixels=48_000_000, prompt_weights="p.pth", prompt_revision="main", device="cpu",
+              batch_size=8))
+_SCORE_CHANGES = {
+    "preset": ({"model": "clipiqa"}, {}),
+    "weights": ({"weights": "two/w.pth"}, {}),
+    "revision": ({}, {"revision": "v2"}),
+    "prompts": ({}, {"prompts": [("sharp photo.", "blurry photo.")]}),
+    "logit scale": ({}, {"logit_scale": 50.0}),
+    "precision": ({}, {"precision": "bf16"}),
+    "pixel limit": ({}, {"max_image_pixels": 1_000_000}),
+    "prompt weights": ({}, {"prompt_weights": "q.pth"}),
+    "prompt revision": ({}, {"prompt_revision": "v2"}),
+}
+# Settings that change only how fast images are scored.
+_SPEED_CHANGES = {"device": {"device": "cuda"}, "batch size": {"batch_size": 64},
+                  "batch pixels": {"max_batch_pixels": 10**6}, "workers": {"workers": 7}, "threads": {"threads": 3},
+                  "offline": {"local_files_only": True}, "cache dir": {"cache_dir": "/elsewhere"}}
+
+
+def _digest_study(folder: Path) -> Path:
+    """A MOS file naming five existing (undecodable: the counting scorer never opens them) images."""
+    names = [f"im{index}.png" for index in range(5)]
+    _touch_images(folder, names)
+    (folder / "mos.csv").write_text("path,mos\n" + "".join(f"{name},{index + 1}\n" for index, name in
+                                                           enumerate(names)))
+    return folder / "mos.csv"
+
+
+def _run_with_saved_scores(mos: Path, loader: CountingLoader, spec: dict, settings: dict, workers=None) -> dict:
+    result = evaluate(mos, models=[ModelSpec(**spec)], scorer_options=settings, load_scorer=loader,
+                      cache_dir=mos.parent / "saved", resamples=0, workers=workers)
+    return result.report["models"][0]
+
+
+@pytest.mark.parametrize("change", list(_SCORE_CHANGES))
+def test_each_input_that_changes_the_scores_forces_a_rescore(change, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mos, loader = _digest_study(tmp_path), CountingLoader()
+    first = _run_with_saved_scores(mos, loader, *_BASE)
+    assert (first["scores_computed"], first["scores_reused"], len(loader.scored)) == (5, 0, 5)
+    spec_change, settings_change = _SCORE_CHANGES[change]
+    changed = _run_with_saved_scores(mos, loader, {**_BASE[0], **spec_change}, {**_BASE[1], **settings_change})
+    assert (changed["scores_computed"], changed["scores_reused"], len(loader.scored)) == (5, 0, 10)
+    assert changed["scores_file"] != first["scores_file"]
+    assert os.path.basename(changed["scores_file"]).startswith("w.pth.")
+    # Both sets stay saved: going back to the first settings loads no model.
+    again = _run_with_saved_scores(mos, loader, *_BASE)
+    assert (again["scores_reused"], again["scores_file"], len(loader.loaded)) == (5, first["scores_file"], 2)
+
+
+@pytest.mark.parametrize("change", list(_SPEED_CHANGES))
+def test_speed_settings_reuse_the_saved_scores(change, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mos, loader = _digest_study(tmp_path), CountingLoader()
+    first = _run_with_saved_scores(mos, loader, *_BASE)
+    # The same weights by absolute path, other decoding threads, and the speed setting changed.
+    spec = {**_BASE[0], "weights": str(tmp_path / "one" / "w.pth")}
+    again = _run_with_saved_scores(mos, loader, spec, {**_BASE[1], **_SPEED_CHANGES[change]}, workers=3)
+    assert (again["scores_reused"], again["scores_computed"], len(loader.loaded)) == (5, 0, 1)
+    assert again["scores_file"] == first["scores_file"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
