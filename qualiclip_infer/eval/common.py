@@ -5,13 +5,13 @@ compared on the same images, and what each model left out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Sequence
+from typing import List, Sequence
 
 import numpy as np
 
 from .mos import Excluded, MosTable
 from .scores import image_key
-from .scoring import ModelScores
+from .scoring import Log, ModelScores
 
 
 @dataclass
@@ -33,7 +33,7 @@ class CommonImages:
     per_model: List[Excluded]
 
 
-def common_images(table: MosTable, sources: Sequence[ModelScores], log: Callable[[str], None]) -> CommonImages:
+def common_images(table: MosTable, sources: Sequence[ModelScores], log: Log) -> CommonImages:
     """The images of ``table`` that every source has a score for; each source's missing ones are logged.
 
     Args:
