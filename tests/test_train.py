@@ -201,6 +201,16 @@ def test_degrade_levels_orders_intensity_and_is_seeded():
     assert (change.diff(dim=2) > 0).all()  # every crop moves further from the original with each level
 
 
+def test_the_torch_free_config_names_what_the_degradations_implement():
+    from qualiclip_infer.train import degradations, losses
+
+    assert set(degradations._IMPLEMENTATIONS) == set(DISTORTIONS) and len(DISTORTIONS) == 24
+    assert degradations.DISTORTION_GROUPS["blur"] == ("gaussian_blur", "lens_blur", "motion_blur")
+    for count in range(2, 6):  # as numpy spreads them
+        assert spread_levels(count) == tuple(int(level) for level in np.linspace(1, 5, count).round())
+    assert losses.qualiclip_loss is qualiclip_loss and losses.LossConfig is LossConfig  # the former module name
+
+
 def test_validation_mos_is_read_as_qualiclip_eval_reads_it(tmp_path):
     """A TSV and a dataset's published layout (KADID-10k's dmos.csv, images in its images/ folder) both work; rows
     qualiclip-eval leaves out are left out here too, with its report as a warning."""

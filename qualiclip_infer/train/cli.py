@@ -79,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "pairs of overlapping crops degraded at increasing levels, and write a checkpoint in "
                               "the official format.", epilog=EPILOG)
     fit.set_defaults(**_DEFAULTS)
-    where = fit.add_argument_group("data and weights")
+    _add_data_options(fit.add_argument_group("data and weights"))
+    _add_optimisation_options(fit.add_argument_group("optimisation"))
+    _add_validation_options(fit.add_argument_group("checkpoints and validation"))
+    return parser
+
+
+def _add_data_options(where: argparse._ArgumentGroup) -> None:
     where.add_argument("--images", type=Path, required=True, metavar="DIR",
                        help="folder of pristine images (searched recursively)")
     where.add_argument("-o", "--output", "--out", dest="output", type=Path, required=True, metavar="PATH",
@@ -112,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--seed", type=number(int, 0),
                        help="seed of the split, crops, distortion choices and degradations (default %(default)s)")
 
-    optimisation = fit.add_argument_group("optimisation")
+
+def _add_optimisation_options(optimisation: argparse._ArgumentGroup) -> None:
     optimisation.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default %(default)s)")
     optimisation.add_argument("--precision", choices=PRECISIONS,
                               help="mixed precision, CUDA only; auto: bf16 where supported, else fp16, fp32 off "
@@ -143,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   default=getattr(_LOSS_DEFAULTS, f"weight_{term}"),
                                   help=f"weight of L_{term} in the total loss; {OURS}")
 
-    checkpoints = fit.add_argument_group("checkpoints and validation")
+
+def _add_validation_options(checkpoints: argparse._ArgumentGroup) -> None:
     checkpoints.add_argument("--checkpoint-every", type=number(int, 0), metavar="N",
                              help="write the resumable state OUTPUT_STEM.state.pt before the first step, every N "
                              "steps and at the end (default %(default)s; 0: never)")
@@ -164,7 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoints.add_argument("--val-csv", type=Path, metavar="FILE",
                              help="human scores to report SRCC and PLCC against, in any layout qualiclip-eval reads "
                              "(a path,mos CSV or TSV with paths relative to it, or a dataset's published MOS file)")
-    return parser
 
 
 def _write_grid(args: argparse.Namespace) -> int:
