@@ -25,12 +25,13 @@ from qualiclip_infer import QualityScorer, load_checkpoint
 from qualiclip_infer.images import ImageError
 from qualiclip_infer.train.cli import main
 from qualiclip_infer.train.data import (CropStream, StreamSampler, collate_samples, degrade_levels, keyed_rng,
-                                        overlapping_boxes, read_mos_csv, split_images, spread_levels)
+                                        overlapping_boxes, split_images, spread_levels)
 from qualiclip_infer.train.inputs import (DECODE_PIXELS_PER_SECOND, UP_FRONT_DECODE_BUDGET_S, check_images,
                                           decode_up_front, list_images)
 from qualiclip_infer.train.degradations import DISTORTIONS, degradation_grid
-from qualiclip_infer.train.losses import LossConfig, margin_ranking, prompt_similarities, qualiclip_loss
+from qualiclip_infer.train.ranking import LossConfig, margin_ranking, prompt_similarities, qualiclip_loss
 from qualiclip_infer.train.loop import TrainConfig, Trainer, level_correlations, state_path, worker_message
+from qualiclip_infer.train.validation import read_validation_mos
 
 CROP = 64
 # Cheap types whose levels a tiny network tells apart on 64-pixel crops within a few hundred steps (JPEG's take
@@ -200,17 +201,38 @@ def test_degrade_levels_orders_intensity_and_is_seeded():
     assert (change.diff(dim=2) > 0).all()  # every crop moves further from the original with each level
 
 
-def test_read_mos_csv(tmp_path):
+def test_the_torch_free_config_names_what_the_degradations_implement():
+    from qualiclip_infer.train import degradations, losses
+
+    assert set(degradations._IMPLEMENTATIONS) == set(DISTORTIONS) and len(DISTORTIONS) == 24
+    assert degradations.DISTORTION_GROUPS["blur"] == ("gaussian_blur", "lens_blur", "motion_blur")
+    for count in range(2, 6):  # as numpy spreads them
+        assert spread_levels(count) == tuple(int(level) for level in np.linspace(1, 5, count).round())
+    assert losses.qualiclip_loss is qualiclip_loss and losses.LossConfig is LossConfig  # the former module name
+
+
+def test_validation_mos_is_read_as_qualiclip_eval_reads_it(tmp_path):
+    """A TSV and a dataset's published layout (KADID-10k's dmos.csv, images in its images/ folder) both work; rows
+    qualiclip-eval leaves out are left out here too, with its report as a warning."""
     save_image(tmp_path / "a.png", natural_image(40, 40))
     save_image(tmp_path / "b.png", natural_image(40, 40, seed=1))
-    (tmp_path / "mos.csv").write_text("path,mos\na.png,3.5\nb.png,1\n")
-    assert read_mos_csv(tmp_path / "mos.csv") == [(tmp_path / "a.png", 3.5), (tmp_path / "b.png", 1.0)]
-    (tmp_path / "bad.csv").write_text("path,mos\na.png,3.5\nb.png,high\n")
-    with pytest.raises(ValueError, match="line 3"):
-        read_mos_csv(tmp_path / "bad.csv")
-    (tmp_path / "missing.csv").write_text("path,mos\na.png,3.5\nc.png,1\n")
-    with pytest.raises(FileNotFoundError, match="c.png"):
-        read_mos_csv(tmp_path / "missing.csv")
+    (tmp_path / "mos.tsv").write_text("path\tmos\na.png\t3.5\nb.png\t1\nc.png\t2\nb.png\thigh\n")
+    lines = []
+    assert read_validation_mos(tmp_path / "mos.tsv", lines.append) == [(tmp_path / "a.png", 3.5),
+                                                                        (tmp_path / "b.png", 1.0)]
+    assert lines == [f"warning: {tmp_path / 'mos.tsv'}: 1 unreadable rows, left out: line 5: MOS 'high' is not a "
+                     f"number", f"warning: {tmp_path / 'mos.tsv'}: 1 images not found, left out: c.png"]
+    kadid = tmp_path / "kadid"
+    (kadid / "images").mkdir(parents=True)
+    for name in ("I01_01_01.png", "I01_01_02.png"):
+        shutil.copy(tmp_path / "a.png", kadid / "images" / name)
+    (kadid / "dmos.csv").write_text("dist_img,ref_img,dmos,var\nI01_01_01.png,I01.png,4.5,0.1\n"
+                                    "I01_01_02.png,I01.png,3.9,0.2\n")
+    assert read_validation_mos(kadid / "dmos.csv", lines.append) == [(kadid / "images" / "I01_01_01.png", 4.5),
+                                                                     (kadid / "images" / "I01_01_02.png", 3.9)]
+    (tmp_path / "one.csv").write_text("path,mos\na.png,3\n")
+    with pytest.raises(ValueError, match="1 usable row"):
+        read_validation_mos(tmp_path / "one.csv", lines.append)
 
 
 # ------------------------------------------------------------------------------------------- rank statistics
@@ -278,7 +300,7 @@ def test_the_ten_photo_run_of_the_issue_learns_with_default_options(tmp_path, un
     def held_out_scores() -> torch.Tensor:  # as validation computes them: crops x levels
         trainer.model.eval()
         with torch.no_grad():
-            return trainer._level_scores()
+            return trainer.validator.level_scores(trainer.model)
 
     scores_before = held_out_scores()
     started = time.perf_counter()
@@ -379,7 +401,7 @@ def test_resume_equals_the_uninterrupted_run(break_an_image, tmp_path, image_fol
         def on_step(trainer, name=name, rates=rates):
             rates.append(trainer.optimizer.param_groups[0]["lr"])
             if break_an_image and trainer.step == 1:  # an image of step 3 (samples 16-23), loaded after this
-                _truncate(trainer.train_stream.paths[trainer.train_stream.image_index(20)])
+                _truncate(trainer.data.train_stream.paths[trainer.data.train_stream.image_index(20)])
             if name == "interrupted" and trainer.step == 3:
                 raise Interrupted
 
@@ -392,7 +414,7 @@ def test_resume_equals_the_uninterrupted_run(break_an_image, tmp_path, image_fol
                               on_step=on_step)
             assert (trainer.step, trainer.micro_batch) == (3, 6)
             if break_an_image:  # found broken up front now; the split and the samples stay those of the run
-                assert [entry.path for entry in trainer.rejected] == [folder / name for name in trainer.skipped]
+                assert [entry.path for entry in trainer.data.rejected] == [folder / name for name in trainer.skipped]
         trainer.run()
         runs[name] = (trainer, lines, rates)
 
@@ -431,7 +453,7 @@ def test_an_image_that_breaks_during_the_run_is_skipped_in_a_worker(tmp_path, im
 
     def on_step(trainer):
         if trainer.step == 1:  # batch 5 (samples 10, 11) is beyond what one worker has prefetched by now
-            victims.append(trainer.train_stream.paths[trainer.train_stream.image_index(10)])
+            victims.append(trainer.data.train_stream.paths[trainer.data.train_stream.image_index(10)])
             victims[0].unlink()
 
     config = tiny_config(folder, tiny_checkpoint, tmp_path / "out.pth", steps=8, batch_size=2, workers=3,
@@ -442,7 +464,7 @@ def test_an_image_that_breaks_during_the_run_is_skipped_in_a_worker(tmp_path, im
     assert trainer.step == 8
     skipped = [line for line in lines if "skipped" in line]
     assert len(skipped) == 1 and f"{victims[0]}: no such file" in skipped[0], lines
-    train_loaders = [kwargs for dataset, kwargs in loaders if dataset is trainer.train_stream]
+    train_loaders = [kwargs for dataset, kwargs in loaders if dataset is trainer.data.train_stream]
     assert len(train_loaders) == 1 and train_loaders[0]["num_workers"] == 1 and train_loaders[0]["persistent_workers"]
     assert len(train_loaders[0]["sampler"]) == 8 * 2  # 16 samples: most of 2 epochs of 9 training images
 
@@ -603,8 +625,9 @@ def test_fit_trains_against_the_prompts_file_and_exports_its_features(tmp_path, 
     pairs = [("A crisp photo.", "A smeared photo."), ("Clean.", "Grainy.")]
     (tmp_path / "prompts.txt").write_text("# ours\nA crisp photo. | A smeared photo.\n\nClean. | Grainy.\n")
     out = tmp_path / "prompted.pth"
-    status = main(["fit", "--images", str(image_folder), "--out", str(out), "--init", str(tiny_checkpoint),
-                   "--device", "cpu", "--steps", "1", "--batch-size", "2", "--crop-size", str(CROP), "--workers", "0",
+    status = main(["fit", "--images", str(image_folder), "-o", str(out), "--init", str(tiny_checkpoint),
+                   "--device", "cpu", "--steps", "1", "--batch-size", "2", "--crop-size", str(CROP),
+                   "--loader-workers", "0",
                    "--val-crops", "2", "--prompts", str(tmp_path / "prompts.txt"), "--checkpoint-every", "0"])
     assert status == 0, capsys.readouterr().err
     # The text tower of the checkpoint the run started from, rebuilt independently.
@@ -637,7 +660,7 @@ def test_fit_trains_against_the_prompts_file_and_exports_its_features(tmp_path, 
 
 
 def test_error_messages_never_fail_to_format(tmp_path, image_folder, tiny_checkpoint, monkeypatch, capsys):
-    import qualiclip_infer.train.cli as cli
+    import qualiclip_infer.train.loop as loop
 
     assert worker_message(ValueError()) == "ValueError" and worker_message(OSError("\n")) == "OSError"
     wrapped = ImageError("Caught ImageError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
@@ -647,7 +670,7 @@ def test_error_messages_never_fail_to_format(tmp_path, image_folder, tiny_checkp
     def fail_empty(self, *args, **kwargs):
         raise ValueError("")
 
-    monkeypatch.setattr(cli.Trainer, "__init__", fail_empty)
+    monkeypatch.setattr(loop.Trainer, "__init__", fail_empty)
     assert main(["fit", "--images", str(image_folder), "--out", str(tmp_path / "o.pth")]) == 2
     assert capsys.readouterr().err.strip() == "qualiclip-train fit: error: ValueError"
 
@@ -714,9 +737,9 @@ def test_cli_draws_the_degradation_grid(tmp_path, image_folder):
 
 def test_cli_fit_writes_a_loadable_checkpoint(tmp_path, image_folder, tiny_checkpoint):
     out = tmp_path / "cli.pth"
-    result = _run_cli("fit", "--images", str(image_folder), "--out", str(out), "--init", str(tiny_checkpoint),
+    result = _run_cli("fit", "--images", str(image_folder), "--output", str(out), "--init", str(tiny_checkpoint),
                       "--device", "cpu", "--steps", "2", "--batch-size", "2", "--crop-size", str(CROP),
-                      "--workers", "0", "--val-crops", "4", "--distortions", "gaussian_blur,jpeg",
+                      "--loader-workers", "0", "--val-crops", "4", "--distortions", "gaussian_blur,jpeg",
                       "--checkpoint-every", "1")
     assert result.returncode == 0, result.stderr
     assert "level_srcc" in result.stderr and "wrote" in result.stderr
@@ -729,23 +752,126 @@ def test_cli_fit_writes_a_loadable_checkpoint(tmp_path, image_folder, tiny_check
 
 
 @pytest.mark.parametrize("args, message", [
-    (["fit", "--out", "x.pth"], "--images"),
-    (["fit", "--images", ".", "--out", "x.pth", "--lr", "0"], "--lr"),
-    (["fit", "--images", ".", "--out", "x.pth", "--val-fraction", "1"], "fraction"),
-    (["fit", "--images", ".", "--out", "x.pth", "--distortions", "blur"], "unknown distortion"),
-    (["fit", "--images", "{missing}", "--out", "x.pth"], "not a folder"),
-    (["fit", "--images", "{images}", "--out", "x.pth", "--init", "{missing}"], "not found"),
-    (["fit", "--images", "{images}", "--out", "x.pth", "--init", "{init}", "--levels", "9"], "levels"),
-    (["degradations", "{missing}", "-o", "grid.png"], "no such file"),
+    (["fit", "--out", "{tmp}/x.pth"], "--images"),
+    (["fit", "--images", ".", "--out", "{tmp}/x.pth", "--lr", "0"], "--lr"),
+    (["fit", "--images", ".", "--out", "{tmp}/x.pth", "--val-fraction", "1"], "fraction"),
+    (["fit", "--images", ".", "--out", "{tmp}/x.pth", "--distortions", "blur"], "unknown distortion"),
+    (["fit", "--images", "{missing}", "--out", "{tmp}/x.pth"], "not a folder"),
+    (["fit", "--images", "{images}", "--out", "{tmp}/x.pth", "--init", "{missing}"], "not found"),
+    (["fit", "--images", "{images}", "--out", "{tmp}/x.pth", "--init", "{init}", "--levels", "9"], "levels"),
+    (["degradations", "{missing}", "-o", "{tmp}/grid.png"], "no such file"),
+    (["degradations", "{images}/image01.png", "--out", "/proc/grid.png"], "--output /proc/grid.png: cannot write"),
     (["train"], "invalid choice"),
 ])
 def test_cli_rejects_bad_arguments_on_one_line(args, message, tmp_path, image_folder, tiny_checkpoint, capsys):
-    names = dict(missing=tmp_path / "missing", images=image_folder, init=tiny_checkpoint)
+    names = dict(missing=tmp_path / "missing", images=image_folder, init=tiny_checkpoint, tmp=tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         raise SystemExit(main([arg.format(**names) for arg in args]))
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("qualiclip-train") and message in error
+
+
+def test_help_and_bad_arguments_import_no_torch():
+    """``qualiclip-train --help`` stays instant: the command reads its settings from the torch-free config."""
+    probe = ("import json, sys\nfrom qualiclip_infer.train.cli import main\n"
+             "for argv in (['fit', '--help'], ['fit', '--lr', '0']):\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "print(json.dumps(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--loader-workers N, --workers N" in result.stdout and "Exit status: 0 success" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_an_unwritable_output_fails_before_any_step(tmp_path, image_folder, tiny_checkpoint, capsys, monkeypatch):
+    import qualiclip_infer.train.loop as loop
+
+    built = []
+    monkeypatch.setattr(loop.Trainer, "run", lambda self: built.append(self))
+    args = ["fit", "--images", str(image_folder), "--init", str(tiny_checkpoint), "--device", "cpu",
+            "--crop-size", str(CROP), "--workers", "0"]
+    assert main([*args, "--out", "/proc/x.pth"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("qualiclip-train fit: error: --output /proc/x.pth: cannot")
+    # The library refuses too: it writes its resumable state before the first step.
+    (tmp_path / "file").write_text("a regular file, not a folder")
+    with pytest.raises(OSError):
+        Trainer(tiny_config(image_folder, tiny_checkpoint, tmp_path / "file" / "x.pth", checkpoint_every=5))
+    assert built == []
+
+
+def test_state_and_checkpoint_are_written_through_unique_temporary_files(tmp_path, image_folder, tiny_checkpoint,
+                                                                         one_thread, monkeypatch):
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda source, target: renamed.append((Path(source), Path(target))) or
+                        real_replace(source, target))
+    config = tiny_config(image_folder, tiny_checkpoint, tmp_path / "model.pth", steps=1, val_crops=2,
+                         checkpoint_every=1)
+    trainer = Trainer(config)
+    assert [target.name for _, target in renamed] == ["model.state.pt"]  # before any step
+    assert torch.load(state_path(config.out), weights_only=True)["step"] == 0
+    trainer.run()
+    assert [target.name for _, target in renamed] == ["model.state.pt", "model.state.pt", "model.pth",
+                                                      "model.state.pt"]
+    sources = [source for source, _ in renamed]
+    assert len(set(sources)) == len(sources) and all(source.parent == tmp_path for source in sources)
+    assert all(source.name.startswith(f".{target.name}.") and source.name.endswith(".partial")
+               for source, target in renamed)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.pth", "model.state.pt"]
+
+
+def test_lazy_decoding_skips_a_broken_validation_image(tmp_path, image_folder, tiny_checkpoint, one_thread):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in list_images(image_folder)[:4]:
+        shutil.copy(path, folder / path.name)
+    config = tiny_config(folder, tiny_checkpoint, tmp_path / "out.pth", decode_check="lazy", steps=2, val_crops=4,
+                         val_every_steps=1)
+    lines = []
+    trainer = Trainer(config, log=lines.append)
+    assert len(trainer.val_images) == 1
+    _truncate(trainer.val_images[0])  # the header still reads: only decoding finds it broken
+    history = trainer.run()
+    assert trainer.step == 2 and [entry["step"] for entry in history] == [0, 1, 2]
+    skipped = [line for line in lines if line.startswith("warning: skipped")]
+    assert len(skipped) == 1 and skipped[0].startswith(f"warning: skipped {trainer.val_images[0]}: "), lines
+    assert "level_srcc" not in history[-1]
+
+
+def test_a_file_whose_read_blocks_is_not_opened(tmp_path, image_folder, tiny_checkpoint):
+    """A FIFO named like an image (opening it for reading would wait for a writer forever) is left out."""
+    folder = _copy_folder(image_folder, tmp_path / "images")
+    os.mkfifo(folder / "x.jpg")
+    result = _run_cli("fit", "--images", str(folder), "-o", str(tmp_path / "out.pth"), "--init", str(tiny_checkpoint),
+                      "--device", "cpu", "--steps", "1", "--batch-size", "2", "--crop-size", str(CROP),
+                      "--loader-workers", "0", "--val-crops", "2", "--checkpoint-every", "0")
+    assert result.returncode == 0, result.stderr
+    assert f"{folder / 'x.jpg'}: not a regular file" in result.stderr
+
+
+def test_val_csv_reads_what_qualiclip_eval_reads(tmp_path, image_folder, tiny_checkpoint, capsys):
+    from qualiclip_infer.eval.cli import main as eval_main
+
+    images = list_images(image_folder)
+    (tmp_path / "mos.tsv").write_text("path\tmos\n" + "".join(f"{path}\t{i + 1}\n" for i, path in
+                                                                 enumerate(images[:4])))
+    args = ["fit", "--images", str(image_folder), "-o", str(tmp_path / "o.pth"), "--init", str(tiny_checkpoint),
+            "--device", "cpu", "--steps", "1", "--batch-size", "2", "--crop-size", str(CROP), "--workers", "0",
+            "--val-crops", "2", "--checkpoint-every", "0"]
+    assert main([*args, "--val-csv", str(tmp_path / "mos.tsv")]) == 0, capsys.readouterr().err
+    assert "mos_srcc" in capsys.readouterr().err
+    (tmp_path / "scores.csv").write_text("name,mos\na.png,1\n")  # no 'path' column
+    (tmp_path / "sheet.csv").write_bytes(b"PK\x03\x04 an Excel workbook")
+    for broken in ("scores.csv", "sheet.csv"):
+        assert main([*args, "--val-csv", str(tmp_path / broken)]) == 2
+        train_error = capsys.readouterr().err
+        assert eval_main([str(tmp_path / broken), "-o", str(tmp_path / "report.json")]) == 2
+        eval_error = capsys.readouterr().err
+        assert train_error.count("\n") == eval_error.count("\n") == 1
+        assert train_error.split(": error: ", 1)[1] == eval_error.split(": error: ", 1)[1], (train_error, eval_error)
+        assert broken in train_error
 
 
 @pytest.mark.gpu

@@ -7,20 +7,20 @@ Quick start::
     # model.pth is an official-format checkpoint: QualityScorer(weights="model.pth")
 
 The names below are imported on first use, so that importing one submodule (e.g. ``degradations``) does not pull
-in the training loop.
+in the training loop, and the settings (:mod:`.config`) need no torch.
 """
 
 from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "DISTORTIONS": "degradations",
-    "DISTORTION_GROUPS": "degradations",
-    "NUM_LEVELS": "degradations",
+    "DISTORTIONS": "config",
+    "DISTORTION_GROUPS": "config",
+    "NUM_LEVELS": "config",
     "degrade": "degradations",
     "degradation_grid": "degradations",
-    "LossConfig": "losses",
-    "qualiclip_loss": "losses",
-    "TrainConfig": "loop",
+    "LossConfig": "config",
+    "qualiclip_loss": "ranking",
+    "TrainConfig": "config",
     "Trainer": "loop",
     "fit": "loop",
 }

@@ -1,7 +1,11 @@
 """``qualiclip-train``: look at the degradation catalogue, and fine-tune QualiCLIP on a folder of pristine images.
 
-Exit status: 0 on success, 2 for bad arguments or inputs found before training starts (one line on stderr),
-1 for a failure during training, 130 when interrupted.
+Exit status: 0 on success, 1 for a failure during training, 2 for bad arguments or inputs found before training
+starts, 3 for a system error while writing (disk full, I/O error), 130 when interrupted; each with one line on
+stderr.
+
+Torch-free until the arguments are parsed: the defaults and choices come from :mod:`.config`, so ``--help`` and bad
+arguments are instant; the degradations and the loop are imported by the subcommand that runs.
 """
 
 from __future__ import annotations
@@ -10,17 +14,17 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
-from .._cli import Parser, UsageError, number, read_prompts
+from .._cli import (EXIT_FAILURES, EXIT_INTERRUPTED, Parser, UsageError, check_writable, exit_status_epilog, number,
+                    read_prompts, run, say)
 from ..messages import first_line
-from ..images import open_image, pil_to_tensor
-from .degradations import DISTORTIONS, NUM_LEVELS, degradation_grid
-from .inputs import DECODE_CHECKS, UP_FRONT_DECODE_BUDGET_S
-from .loop import PRECISIONS, TrainConfig, Trainer, state_path, worker_message
-from .losses import LossConfig
+from .config import (DECODE_CHECKS, DISTORTIONS, NUM_LEVELS, PRECISIONS, UP_FRONT_DECODE_BUDGET_S, LossConfig,
+                     TrainConfig, state_path)
 from .schedule import LR_SCHEDULES, VALIDATION_SHARE, WARMUP_SHARE
 
+PROG = "qualiclip-train"
+EPILOG = exit_status_epilog("0 success, 1 training failed after it started (one line on standard error)")
 # How the help marks a hyper-parameter the paper does not publish (argparse fills in the value).
 OURS = "default %(default)s (our default; not published)"
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
@@ -50,16 +54,17 @@ def _distortions(text: str) -> Tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``qualiclip-train`` argument parser."""
-    parser = Parser(prog="qualiclip-train", description="Fine-tune QualiCLIP's image tower without human scores, "
-                     "on synthetically degraded crops of pristine images.")
+    parser = Parser(prog=PROG, description="Fine-tune QualiCLIP's image tower without human scores, on synthetically "
+                    "degraded crops of pristine images.",
+                    epilog=EPILOG)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
 
     grid = commands.add_parser("degradations", help="draw every degradation type at every level on one image",
                                description="Draw the degradation catalogue (one row per type, one column per "
-                               "level) on an image.")
+                               "level) on an image.", epilog=EPILOG)
     grid.add_argument("image", type=Path, help="the image to degrade")
-    grid.add_argument("-o", "--out", type=Path, required=True, metavar="PATH",
-                      help="where to write the grid (e.g. grid.png)")
+    grid.add_argument("-o", "--output", "--out", dest="output", type=Path, required=True, metavar="PATH",
+                      help="where to write the grid (e.g. grid.png); --out is the former spelling")
     grid.add_argument("--tile", type=number(int, 1), default=128,
                       help="side of each tile as drawn, in pixels (default 128)")
     grid.add_argument("--crop-size", type=number(int, 32), default=_DEFAULTS["crop_size"],
@@ -72,13 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     fit = commands.add_parser("fit", help="fine-tune on a folder of pristine images",
                               description="Fine-tune QualiCLIP's image tower with its three margin ranking losses on "
                               "pairs of overlapping crops degraded at increasing levels, and write a checkpoint in "
-                              "the official format.")
+                              "the official format.", epilog=EPILOG)
     fit.set_defaults(**_DEFAULTS)
-    where = fit.add_argument_group("data and weights")
+    _add_data_options(fit.add_argument_group("data and weights"))
+    _add_optimisation_options(fit.add_argument_group("optimisation"))
+    _add_validation_options(fit.add_argument_group("checkpoints and validation"))
+    return parser
+
+
+def _add_data_options(where: argparse._ArgumentGroup) -> None:
     where.add_argument("--images", type=Path, required=True, metavar="DIR",
                        help="folder of pristine images (searched recursively)")
-    where.add_argument("--out", type=Path, required=True, metavar="PATH",
-                       help="fine-tuned checkpoint to write, official QualiCLIP format (e.g. model.pth)")
+    where.add_argument("-o", "--output", "--out", dest="output", type=Path, required=True, metavar="PATH",
+                       help="fine-tuned checkpoint to write, official QualiCLIP format (e.g. model.pth); checked for "
+                       "writing before training; --out is the former spelling")
     where.add_argument("--hidden", action="store_true",
                        help="also take files and folders whose names start with '.' (skipped by default, like "
                        "macOS ._photo.jpg)")
@@ -100,13 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"degradation levels per crop, spread over 1..{NUM_LEVELS}; {OURS}")
     where.add_argument("--distortions", type=_distortions, metavar="A,B,...",
                        help="distortion types to draw from, one per sample, comma-separated (default: all 24)")
-    where.add_argument("--workers", type=number(int, 0),
+    where.add_argument("--loader-workers", "--workers", dest="workers", type=number(int, 0), metavar="N",
                        help="data-loading processes decoding and cropping images, at most one per CPU "
-                       "(default %(default)s; 0: none)")
+                       "(default %(default)s; 0: none); --workers is the former spelling")
     where.add_argument("--seed", type=number(int, 0),
                        help="seed of the split, crops, distortion choices and degradations (default %(default)s)")
 
-    optimisation = fit.add_argument_group("optimisation")
+
+def _add_optimisation_options(optimisation: argparse._ArgumentGroup) -> None:
     optimisation.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default %(default)s)")
     optimisation.add_argument("--precision", choices=PRECISIONS,
                               help="mixed precision, CUDA only; auto: bf16 where supported, else fp16, fp32 off "
@@ -137,10 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                                   default=getattr(_LOSS_DEFAULTS, f"weight_{term}"),
                                   help=f"weight of L_{term} in the total loss; {OURS}")
 
-    checkpoints = fit.add_argument_group("checkpoints and validation")
+
+def _add_validation_options(checkpoints: argparse._ArgumentGroup) -> None:
     checkpoints.add_argument("--checkpoint-every", type=number(int, 0), metavar="N",
-                             help="write the resumable state OUT_STEM.state.pt every N steps and at the end "
-                             "(default %(default)s; 0: never)")
+                             help="write the resumable state OUTPUT_STEM.state.pt before the first step, every N "
+                             "steps and at the end (default %(default)s; 0: never)")
     checkpoints.add_argument("--resume", type=Path, metavar="STATE",
                              help="continue from a state file; data settings must match the original run")
     checkpoints.add_argument("--val-fraction", type=_fraction,
@@ -155,17 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoints.add_argument("--val-every", type=number(int, 0), metavar="N",
                              help="validate every N epochs instead (0: only before and after training; "
                              "default: by steps)")
-    checkpoints.add_argument("--val-csv", type=Path, metavar="CSV",
-                             help="a path,mos CSV of human scores: report SRCC and PLCC against it")
-    return parser
+    checkpoints.add_argument("--val-csv", type=Path, metavar="FILE",
+                             help="human scores to report SRCC and PLCC against, in any layout qualiclip-eval reads "
+                             "(a path,mos CSV or TSV with paths relative to it, or a dataset's published MOS file)")
 
 
 def _write_grid(args: argparse.Namespace) -> int:
+    from ..images import open_image, pil_to_tensor
+    from .degradations import degradation_grid
+
+    check_writable(str(args.output), "--output")
     image = pil_to_tensor(open_image(args.image))
     grid = degradation_grid(image, args.distortions, tile=args.tile, seed=args.seed, crop_size=args.crop_size)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(args.out)
-    print(f"wrote {args.out} ({grid.width}x{grid.height})", file=sys.stderr)
+    grid.save(args.output)
+    print(f"wrote {args.output} ({grid.width}x{grid.height})", file=sys.stderr)
     return 0
 
 
@@ -174,14 +191,20 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     loss = LossConfig(**{f"{kind}_{term}": getattr(args, f"{kind}_{term}")
                          for kind in ("margin", "weight") for term in _MARGIN_MEANINGS})
     prompts = tuple(read_prompts(str(args.prompts))) if args.prompts is not None else None
-    return TrainConfig(images=args.images, out=args.out, loss=loss, prompts=prompts, **settings)
+    return TrainConfig(images=args.images, out=args.output, loss=loss, prompts=prompts, **settings)
 
 
-def _fit(args: argparse.Namespace, fail: Callable[[str, int], int]) -> int:
+def _fit(args: argparse.Namespace, prog: str) -> int:
+    check_writable(str(args.output), "--output")  # before torch loads and any image is read
+    config = _config(args)
     from tqdm.auto import tqdm
 
-    config = _config(args)
-    trainer = Trainer(config, log=lambda line: tqdm.write(line, file=sys.stderr))
+    from .loop import Trainer, worker_message
+
+    try:
+        trainer = Trainer(config, log=lambda line: tqdm.write(line, file=sys.stderr))
+    except OSError as error:  # a missing folder, weights or state file, an unwritable state: bad input
+        raise UsageError(first_line(error)) from error
     validation = (f"every {trainer.val_every_steps} steps" if trainer.val_every_steps
                   else f"every {config.val_every} epochs" if config.val_every else "before and after training")
     print(f"{trainer.usable_train_images} training and {trainer.usable_val_images} validation images; "
@@ -190,23 +213,23 @@ def _fit(args: argparse.Namespace, fail: Callable[[str, int], int]) -> int:
         trainer.run()
     except KeyboardInterrupt:
         saved = f"; resume from {state_path(config.out)}" if state_path(config.out).is_file() else ""
-        return fail(f"interrupted at step {trainer.step}{saved}", 130)
-    except (ValueError, FloatingPointError, OSError) as error:  # e.g. every training image broke during the run
-        return fail(worker_message(error), 1)
+        say(prog, f"interrupted at step {trainer.step}{saved}")
+        return EXIT_INTERRUPTED
+    except (ValueError, FloatingPointError) as error:  # e.g. every training image broke during the run
+        say(prog, f"error: {worker_message(error)}")
+        return EXIT_FAILURES
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Runs ``qualiclip-train``; returns the exit status."""
+    """Runs ``qualiclip-train``; returns the exit status.
+
+    Bad arguments and inputs found before training give 2; an OSError while training (writing the state or the
+    checkpoint) gives 3 (see :func:`qualiclip_infer._cli.run`).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"{parser.prog} {args.command}"
-
-    def fail(message: str, status: int) -> int:
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return status
-
-    try:
-        return _write_grid(args) if args.command == "degradations" else _fit(args, fail)
-    except (ValueError, OSError, UsageError) as error:  # Bad inputs found before training: images, weights, settings.
-        return fail(first_line(error), 2)
+    if args.command == "degradations":
+        return run(prog, lambda: _write_grid(args), usage_errors=(ValueError, OSError))
+    return run(prog, lambda: _fit(args, prog), usage_errors=(ValueError,))

@@ -7,10 +7,9 @@ whatever the number of loader workers, and a resumed run only needs to know how 
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, List, NamedTuple, Sequence, Set, Tuple, Union
+from typing import Iterable, Iterator, List, NamedTuple, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -18,7 +17,8 @@ from torch.utils.data import Dataset, Sampler
 
 from ..messages import first_line
 from ..images import ImageError, open_image
-from .degradations import NUM_LEVELS, degrade
+from .config import spread_levels  # noqa: F401 (imported from here since 0.1)
+from .degradations import degrade
 
 CROPS_PER_SAMPLE = 2
 # A crop's offset from its partner is at most this fraction of the crop side in each direction, so the two always
@@ -199,17 +199,6 @@ class CropStream(Dataset):
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def spread_levels(count: int) -> Tuple[int, ...]:
-    """``count`` increasing levels spread evenly over 1..NUM_LEVELS, always including both ends.
-
-    Raises:
-        ValueError: ``count`` is not in 2..NUM_LEVELS.
-    """
-    if not 2 <= count <= NUM_LEVELS:
-        raise ValueError(f"the number of levels must be from 2 to {NUM_LEVELS}, got {count}")
-    return tuple(int(level) for level in np.linspace(1, NUM_LEVELS, count).round())
-
-
 def degrade_levels(crops: torch.Tensor, distortions: torch.Tensor, names: Sequence[str], levels: Sequence[int],
                    seed: int) -> torch.Tensor:
     """Degrades every crop of every sample at every level, on the crops' device.
@@ -240,31 +229,3 @@ def degrade_levels(crops: torch.Tensor, distortions: torch.Tensor, names: Sequen
             out[members, position] = degrade(group, names[index], level, generator).unflatten(0, (-1, count))
     return out.transpose(1, 2)
 
-
-def read_mos_csv(path: Union[str, os.PathLike]) -> List[Tuple[Path, float]]:
-    """Reads a ``path,mos`` CSV of human quality scores; relative image paths are relative to the CSV's folder.
-
-    Raises:
-        FileNotFoundError: The CSV or an image it names does not exist.
-        ValueError: No ``path`` or ``mos`` column, a MOS that is not a finite number, or fewer than 2 rows.
-    """
-    path = Path(path)
-    with open(path, newline="", encoding="utf-8-sig") as file:
-        reader = csv.DictReader(file)
-        if not {"path", "mos"} <= set(reader.fieldnames or ()):
-            raise ValueError(f"{path}: needs the columns 'path' and 'mos', found {reader.fieldnames}")
-        rows = []
-        for row in reader:
-            image = path.parent / row["path"].strip()
-            try:
-                mos = float(row["mos"])
-            except (TypeError, ValueError):
-                mos = float("nan")
-            if not np.isfinite(mos):
-                raise ValueError(f"{path}, line {reader.line_num}: MOS {row['mos']!r} is not a number")
-            if not image.is_file():
-                raise FileNotFoundError(f"{path}, line {reader.line_num}: no such image {image}")
-            rows.append((image, mos))
-    if len(rows) < 2:
-        raise ValueError(f"{path}: {len(rows)} row(s); correlations need at least 2")
-    return rows

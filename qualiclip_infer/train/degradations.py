@@ -76,9 +76,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["DISTORTIONS", "DISTORTION_GROUPS", "NUM_LEVELS", "degrade", "degradation_grid"]
+from .config import DISTORTION_GROUPS, DISTORTIONS, NUM_LEVELS
 
-NUM_LEVELS: int = 5
+__all__ = ["DISTORTIONS", "DISTORTION_GROUPS", "NUM_LEVELS", "degrade", "degradation_grid"]
 
 Tensor = torch.Tensor
 Generator = Optional[torch.Generator]
@@ -397,56 +397,35 @@ def _nonlinear_contrast(x: Tensor, half_range: float, generator: Generator) -> T
 
 _Distortion = Callable[[Tensor, float, Generator], Tensor]
 
-_CATALOGUE: Dict[str, Dict[str, Tuple[_Distortion, Tuple[float, ...]]]] = {
-    "blur": {
-        "gaussian_blur": (_gaussian, (0.4, 0.5, 1.0, 2.0, 5.0)),
-        "lens_blur": (_lens_blur, (1, 2, 4, 6, 8)),
-        "motion_blur": (_motion_blur, (1, 2, 4, 6, 10)),
-    },
-    "color": {
-        "color_diffusion": (_color_diffusion, (1, 3, 6, 8, 12)),
-        "color_shift": (_color_shift, (1, 3, 6, 8, 12)),
-        "color_saturation_hsv": (_color_saturation_hsv, (0.4, 0.2, 0.1, 0.0, -0.4)),
-        "color_saturation_lab": (_color_saturation_lab, (1.5, 2, 3, 6, 9)),
-    },
-    "compression": {
-        "jpeg2000": (_jpeg2000, (16, 32, 45, 120, 170)),
-        "jpeg": (_jpeg, (43, 36, 24, 7, 4)),
-    },
-    "noise": {
-        "white_noise": (_white_noise, (0.001, 0.002, 0.003, 0.005, 0.01)),
-        "white_noise_ycbcr": (_white_noise_ycbcr, (0.0001, 0.0005, 0.001, 0.002, 0.003)),
-        "impulse_noise": (_impulse_noise, (0.001, 0.005, 0.01, 0.02, 0.03)),
-        "multiplicative_noise": (_multiplicative_noise, (0.001, 0.005, 0.01, 0.02, 0.05)),
-    },
-    "brightness": {
-        "brighten": (_brighten, (0.1, 0.2, 0.4, 0.7, 1.1)),
-        "darken": (_darken, (0.05, 0.1, 0.2, 0.4, 0.8)),
-        "mean_shift": (_mean_shift, (0.04, 0.08, 0.12, 0.15, 0.2)),
-    },
-    "spatial": {
-        "jitter": (_jitter, (0.05, 0.1, 0.2, 0.5, 1.0)),
-        "non_eccentricity_patch": (_non_eccentricity_patch, (20, 40, 60, 80, 100)),
-        "pixelate": (_pixelate, (0.01, 0.05, 0.1, 0.2, 0.5)),
-        "quantization": (_quantization, (20, 16, 13, 10, 7)),
-        "color_block": (_color_block, (2, 4, 6, 8, 10)),
-    },
-    "sharpness_contrast": {
-        "sharpen": (_sharpen, (1, 2, 3, 6, 12)),
-        "contrast_change": (_contrast_change, (0.85, 0.7, 0.6, 0.5, 0.4)),
-        "nonlinear_contrast": (_nonlinear_contrast, (0.4, 0.3, 0.2, 0.1, 0.05)),
-    },
+# Each type's function and its parameter at levels 1 -> 5; the groups and the order are config.DISTORTION_GROUPS'.
+_IMPLEMENTATIONS: Dict[str, Tuple[_Distortion, Tuple[float, ...]]] = {
+    "gaussian_blur": (_gaussian, (0.4, 0.5, 1.0, 2.0, 5.0)),
+    "lens_blur": (_lens_blur, (1, 2, 4, 6, 8)),
+    "motion_blur": (_motion_blur, (1, 2, 4, 6, 10)),
+    "color_diffusion": (_color_diffusion, (1, 3, 6, 8, 12)),
+    "color_shift": (_color_shift, (1, 3, 6, 8, 12)),
+    "color_saturation_hsv": (_color_saturation_hsv, (0.4, 0.2, 0.1, 0.0, -0.4)),
+    "color_saturation_lab": (_color_saturation_lab, (1.5, 2, 3, 6, 9)),
+    "jpeg2000": (_jpeg2000, (16, 32, 45, 120, 170)),
+    "jpeg": (_jpeg, (43, 36, 24, 7, 4)),
+    "white_noise": (_white_noise, (0.001, 0.002, 0.003, 0.005, 0.01)),
+    "white_noise_ycbcr": (_white_noise_ycbcr, (0.0001, 0.0005, 0.001, 0.002, 0.003)),
+    "impulse_noise": (_impulse_noise, (0.001, 0.005, 0.01, 0.02, 0.03)),
+    "multiplicative_noise": (_multiplicative_noise, (0.001, 0.005, 0.01, 0.02, 0.05)),
+    "brighten": (_brighten, (0.1, 0.2, 0.4, 0.7, 1.1)),
+    "darken": (_darken, (0.05, 0.1, 0.2, 0.4, 0.8)),
+    "mean_shift": (_mean_shift, (0.04, 0.08, 0.12, 0.15, 0.2)),
+    "jitter": (_jitter, (0.05, 0.1, 0.2, 0.5, 1.0)),
+    "non_eccentricity_patch": (_non_eccentricity_patch, (20, 40, 60, 80, 100)),
+    "pixelate": (_pixelate, (0.01, 0.05, 0.1, 0.2, 0.5)),
+    "quantization": (_quantization, (20, 16, 13, 10, 7)),
+    "color_block": (_color_block, (2, 4, 6, 8, 10)),
+    "sharpen": (_sharpen, (1, 2, 3, 6, 12)),
+    "contrast_change": (_contrast_change, (0.85, 0.7, 0.6, 0.5, 0.4)),
+    "nonlinear_contrast": (_nonlinear_contrast, (0.4, 0.3, 0.2, 0.1, 0.05)),
 }
 
-_REGISTRY: Dict[str, Tuple[_Distortion, Tuple[float, ...]]] = {
-    name: entry for group in _CATALOGUE.values() for name, entry in group.items()
-}
-
-DISTORTIONS: Tuple[str, ...] = tuple(_REGISTRY)
-"""The 24 degradation types, in catalogue order."""
-
-DISTORTION_GROUPS: Dict[str, Tuple[str, ...]] = {group: tuple(types) for group, types in _CATALOGUE.items()}
-"""Group name -> its degradation types."""
+_REGISTRY = {name: _IMPLEMENTATIONS[name] for name in DISTORTIONS}
 
 
 def degrade(images: Tensor, name: str, level: int, generator: Optional[torch.Generator] = None) -> Tensor:

@@ -10,6 +10,7 @@ Whatever slips through (or breaks later) is skipped when the training loader mee
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -18,14 +19,11 @@ from PIL import Image
 from ..messages import first_line
 from ..files import find_images
 from ..images import ImageError, describe_error, probe
+from .config import DECODE_CHECKS, UP_FRONT_DECODE_BUDGET_S
 
-DECODE_CHECKS = ("auto", "upfront", "lazy")
 # Decode rate assumed for the up-front estimate, per process (our measurement, rounded down: a 2-core AMD EPYC
 # decodes JPEG at 1/8 scale at 25-55 Mpx/s and PNG at 9-15 Mpx/s; see benchmarks/RESULTS.md).
 DECODE_PIXELS_PER_SECOND = 10e6
-# ``auto`` decodes up front when that is estimated to take at most this long (our choice): a small folder gets its
-# truncated files named before training; 100,000 photos of 12 Mpx would take hours, so they are checked lazily.
-UP_FRONT_DECODE_BUDGET_S = 60.0
 # How many bad files the warning names before "and N more".
 NAMED_IN_WARNING = 5
 
@@ -53,9 +51,23 @@ def list_images(root: Union[str, os.PathLike], hidden: bool = False) -> List[Pat
     return sorted(Path(path) for path in find_images([os.fspath(root)], recursive=True, hidden=hidden))
 
 
+def check_regular_file(path: Path) -> None:
+    """Raises :class:`ImageError` unless ``path`` (a symlink followed) is a regular file.
+
+    A FIFO, socket or device named like an image is never opened: reading one can block forever.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        raise ImageError(f"{os.fspath(path)}: {error.strerror or first_line(error)}") from error
+    if not stat.S_ISREG(mode):
+        raise ImageError(f"{os.fspath(path)}: not a regular file")
+
+
 def probe_size(path: Path, min_side: int) -> Tuple[int, int]:
     """Upright ``(width, height)`` from the header (the scorer's probe); raises :class:`ImageError` when unreadable or
     under ``min_side``."""
+    check_regular_file(path)
     width, height = probe(path, os.fspath(path))
     if min(width, height) < min_side:
         raise ImageError(f"{os.fspath(path)}: image is {width}x{height}, smaller than the {min_side}x{min_side} crop")
