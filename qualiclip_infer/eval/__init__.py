@@ -12,7 +12,7 @@ Example::
 """
 
 from .evaluate import Evaluation, EvaluationError, ModelSpec, evaluate, markdown_table, scores_file_name
-from .mos import DATASETS, LAYOUTS, Excluded, Layout, MosFileError, MosTable, guess_dataset, read_mos
+from ..mos import DATASETS, LAYOUTS, Excluded, Layout, MosFileError, MosTable, guess_dataset, read_mos
 from .plot import MissingExtraError
 from .scores import SCORE_COLUMNS, SavedScore, ScoresFileError, read_scores
 

@@ -21,7 +21,7 @@ from .._cli import (EXIT_OK, EXIT_USAGE, Parser, UsageError, add_scoring_options
                     scorer_options)
 from .._version import __version__
 from .evaluate import EvaluationError, ModelSpec, evaluate
-from .mos import DATASETS, LAYOUTS, MosFileError, read_mos
+from ..mos import DATASETS, LAYOUTS, MosFileError, read_mos
 from .plot import require_matplotlib
 from .scores import ScoresFileError
 

@@ -9,7 +9,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-from .mos import Excluded, MosTable
+from ..mos import Excluded, MosTable
 from .scores import image_key
 from .scoring import Log, ModelScores
 

@@ -17,7 +17,7 @@ import numpy as np
 from .. import metrics
 from .agreement import measure_agreement
 from .common import common_images
-from .mos import MosTable, read_mos
+from ..mos import MosTable, read_mos
 from .report import CONVENTIONS, build_report, markdown_table
 from .scoring import ModelSpec, collect_scores, model_sources, scores_file_name
 

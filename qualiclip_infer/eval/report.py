@@ -11,7 +11,7 @@ import numpy as np
 from .. import metrics
 from .agreement import ModelAgreement
 from .common import CommonImages
-from .mos import Excluded, MosTable
+from ..mos import Excluded, MosTable
 from .scoring import ModelScores
 
 _METRIC_TITLES = {"srcc": "SRCC", "krcc": "KRCC", "plcc": "PLCC", "rmse": "RMSE"}
