@@ -110,7 +110,10 @@ def detection_order(prefix: bytes, extension: str = "") -> List[str]:
         if accept is None:
             fit = 1
         else:
-            verdict = accept(prefix)
+            try:
+                verdict = accept(prefix)
+            except Exception:  # some checks fail on a short prefix (an empty file); Pillow skips them the same way
+                verdict = False
             fit = 0 if verdict and not isinstance(verdict, str) else 2
         module = getattr(factory, "__module__", "").rpartition(".")[2]
         rank = plugins.index(module) if module in plugins else len(plugins)
