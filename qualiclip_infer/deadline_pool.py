@@ -17,11 +17,12 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 # How often a waiting caller looks at whether its task has started (the limit counts from the start, not from the
 # submission: a task waiting in the queue behind slow ones has not used any of its time).
 _POLL_SECONDS = 0.1
+_CLOSE_SECONDS = 1.0
 _names = itertools.count(1)
 _current = threading.local()
 
@@ -43,6 +44,7 @@ class _Task:
         self.fn, self.args, self.label = fn, args, label
         self.future: Future = Future()
         self.started: Optional[float] = None
+        self.thread: Optional[threading.Thread] = None
         self.abandoned = False
 
 
@@ -73,6 +75,7 @@ class DeadlinePool:
         self._queue: "queue.SimpleQueue[Optional[_Task]]" = queue.SimpleQueue()
         self._closed = False
         self._width = workers
+        self._threads: List[threading.Thread] = []
         for _ in range(workers):
             self._spawn()
 
@@ -98,14 +101,23 @@ class DeadlinePool:
                 if (task.started is not None and self._timeout is not None
                         and time.monotonic() - task.started >= self._timeout and not task.future.done()):
                     task.abandoned = True
+                    if task.thread in self._threads:
+                        self._threads.remove(task.thread)
                     self._spawn()
                     raise TaskTimeout(f"took longer than {self._timeout:g} s") from None
 
     def close(self) -> None:
-        """Drops the queued tasks and lets the threads end; returns at once (running tasks finish on their own)."""
+        """Drops the queued tasks and ends the threads, waiting up to a second for those not abandoned.
+
+        Waiting for the idle threads matters: a daemon thread still winding down when the interpreter exits is
+        stopped by unwinding its stack, which aborts the process if that stack holds C++ frames (torch's).
+        """
         self._closed = True
         for _ in range(self._width):
             self._queue.put(None)
+        deadline = time.monotonic() + _CLOSE_SECONDS
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> "DeadlinePool":
         return self
@@ -114,7 +126,9 @@ class DeadlinePool:
         self.close()
 
     def _spawn(self) -> None:
-        threading.Thread(target=self._work, name=f"{self._name}-{next(_names)}", daemon=True).start()
+        thread = threading.Thread(target=self._work, name=f"{self._name}-{next(_names)}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def _work(self) -> None:
         while True:
@@ -127,6 +141,7 @@ class DeadlinePool:
             if not task.future.set_running_or_notify_cancel():
                 continue
             _current.label = task.label
+            task.thread = threading.current_thread()
             task.started = time.monotonic()
             try:
                 task.future.set_result(task.fn(*task.args))
