@@ -16,6 +16,7 @@ import warnings
 from typing import TYPE_CHECKING, Callable, List, NoReturn, Optional, Sequence, Tuple, Type
 
 from .constants import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS, PRECISIONS, default_workers
+from .deadline_pool import current_label
 from .extras import MissingExtraError
 from .hub import go_offline
 from .messages import first_line
@@ -65,7 +66,7 @@ def say(prog: str, message: str) -> None:
 
 
 def run(prog: str, body: Callable[[], int], *, usage_errors: Tuple[Type[BaseException], ...] = (),
-        interrupted: str = "what was written so far is kept") -> int:
+        interrupted: str = "what was written so far is kept", quiet: bool = False) -> int:
     """Runs a command's body and turns every failure a user can cause or meet into one line and an exit status.
 
     Args:
@@ -73,17 +74,25 @@ def run(prog: str, body: Callable[[], int], *, usage_errors: Tuple[Type[BaseExce
         body: The command; returns its exit status.
         usage_errors: Exception types (besides :class:`UsageError` and a missing extra) that mean bad input.
         interrupted: What the Ctrl-C message says is kept.
+        quiet: Drop every warning (``-q``); else each is one line, naming the input being read when a reading
+            thread raised it (Pillow's warnings about a file do not name it).
 
     Returns:
         The exit status (see :data:`EXIT_STATUS_HELP`).
     """
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-        say(prog, f"warning: {message}")
+        label = current_label()
+        text = " ".join(str(message).split())
+        say(prog, f"{label}: warning: {text}" if label else f"warning: {text}")
 
     try:
         with warnings.catch_warnings():
-            # A warning of the library (a folder that cannot be listed...) is one line, like every other message.
-            warnings.showwarning = show_warning
+            if quiet or sys.stderr is None:
+                warnings.simplefilter("ignore")
+            else:
+                # Each file's warning, not only the first per line of Pillow's code.
+                warnings.filterwarnings("always", module=r"PIL(\.|$)")
+                warnings.showwarning = show_warning
             return body()
     except (UsageError, MissingExtraError, *usage_errors) as error:
         say(prog, f"error: {first_line(error)}")

@@ -15,18 +15,22 @@ import argparse
 import hashlib
 import os
 import re
+import stat
 import statistics
 import sys
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from ._cli import (EXIT_FAILURES, EXIT_OK, Parser, UsageError, add_scoring_options, apply_offline,
-                   exit_status_epilog, finite_float, load_scorer, positive_float, read_prompts, run,
-                   say, scorer_options)
+from ._cli import (EXIT_FAILURES, EXIT_OK, Parser, UsageError, add_scoring_options, apply_offline, check_writable,
+                   exit_status_epilog, finite_float, load_scorer, positive_float, read_prompts, run, say,
+                   scorer_options)
 from ._version import __version__
-from .constants import MAP_METHODS
+from .constants import DEFAULT_READ_TIMEOUT, MAP_METHODS
 from .files import InputNotFoundError, find_images, mirrored_paths
-from .output import FORMATS, RESUMABLE_FORMATS, OutputFileError, RowWriter, choose_format, open_output, prepare_resume
+from .output import (FORMATS, RESUMABLE_FORMATS, OutputFileError, RowWriter, choose_format, close_output,
+                     open_output, prepare_resume)
 from .ray_scoring import RayJobError, is_ray_address, parse_actors, ray_rows
+from .streams import reserve_standard_descriptors, silence_libtiff
+from .writelock import OutputBusyError, OutputLock
 
 if TYPE_CHECKING:
     from .results import ScoreResult
@@ -89,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "default) or tokens (one pass, a cell per 32x32 pixels; an approximation)")
 
     add_scoring_options(parser)
+    parser.add_argument("--read-timeout", type=positive_float, default=DEFAULT_READ_TIMEOUT, metavar="SECONDS",
+                        help=f"an image whose header read or decode takes longer (a stalled network mount) gets an "
+                             f"error row and the run goes on (default: {DEFAULT_READ_TIMEOUT:g})")
 
     cluster = parser.add_argument_group("Ray cluster (needs: pip install \"qualiclip-infer[ray]\")")
     cluster.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
@@ -215,12 +222,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Returns:
         The exit status: 0 all images scored, 1 some failed, 2 usage error, 3 system error, 130 interrupted.
     """
+    reserve_standard_descriptors()
     args = build_parser().parse_args(_ray_address_first(sys.argv[1:] if argv is None else argv))
-    return run(PROG, lambda: _run(args), interrupted="rows written so far are kept")
+    return run(PROG, lambda: _run(args), interrupted="rows written so far are kept", quiet=args.quiet)
 
 
 def _run(args: argparse.Namespace) -> int:
     fmt = _output_format(args)
+    lock = _lock_output(args.output)
+    try:
+        return _run_locked(args, fmt)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_output(path: Optional[str]) -> Optional[OutputLock]:
+    """Checks that ``-o`` can be written and takes its lock: before the model loads, before ``--resume`` reads it."""
+    if path is None or _is_special_file(path):
+        return None  # a device or FIFO (-o /dev/stdout): nothing to check or keep whole
+    check_writable(path, "-o")
+    lock = OutputLock(path, PROG)
+    try:
+        lock.acquire()
+    except OutputBusyError as error:
+        raise UsageError(f"-o {error}; the file is left unchanged") from None
+    except OSError as error:
+        raise UsageError(f"-o {path}: cannot lock it: {error.strerror or error}") from None
+    return lock
+
+
+def _is_special_file(path: str) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _run_locked(args: argparse.Namespace, fmt: str) -> int:
     apply_offline(args)
     prompts = read_prompts(args.prompts) if args.prompts else None
     paths = _find(args)
@@ -243,7 +283,9 @@ def _run(args: argparse.Namespace) -> int:
         rows = _ray_rows(args, paths, prompts)
     else:
         scorer = load_scorer(args, prompts)
-        rows = scorer.iter_scores(paths, workers=args.workers)
+        if args.quiet or sys.stderr is None:
+            silence_libtiff()
+        rows = scorer.iter_scores(paths, workers=args.workers, read_timeout=args.read_timeout)
         maps = _MapWriter(scorer, map_files, args.map_method) if args.maps else None
     if args.report:
         from .report import RowCollector
@@ -253,16 +295,24 @@ def _run(args: argparse.Namespace) -> int:
         stream = None if fmt == "parquet" else open_output(args.output, append=args.resume)
     except OutputFileError as error:
         raise UsageError(str(error)) from None
+    own_file = stream is not None and stream is not sys.stdout
     try:
         if stream is None:
             writer = _parquet_writer(args.output, calibrated=args.calibration is not None)
         else:
             writer = RowWriter(stream, fmt, header=not has_content, path_width=max(map(len, paths), default=4),
-                               calibrated=args.calibration is not None)
+                               calibrated=args.calibration is not None,
+                               name=args.output or "standard output")
         scores, failures = _score_and_write(rows, len(paths), args, writer, maps)
-    finally:
-        if stream is not None and stream is not sys.stdout:
-            stream.close()
+    except BaseException:
+        if own_file:
+            try:
+                stream.close()
+            except OSError:  # the failure being reported is the first one; this is its echo
+                pass
+        raise
+    if own_file:
+        close_output(stream, args.output)
     if args.summary and sys.stderr is not None:
         print(summary(scores, failures), file=sys.stderr)
     report_ok = True
@@ -304,7 +354,11 @@ def _output_format(args: argparse.Namespace) -> str:
         raise UsageError("--maps cannot be combined with --ray: maps are drawn by a local scorer")
     if args.calibration and (args.ray is not None or args.resume):
         raise UsageError(f"--calibration cannot be combined with {'--ray' if args.ray is not None else '--resume'}")
-    fmt = choose_format(args.format, args.output, sys.stdout.isatty())
+    if args.output is None and sys.stdout is None:
+        raise UsageError("standard output is closed; write the rows to a file with -o FILE")
+    if args.resume and args.output and os.path.isdir(args.output):
+        raise UsageError(f"--resume -o {args.output}: is a folder; --resume appends to a csv or jsonl file")
+    fmt = choose_format(args.format, args.output, sys.stdout is not None and sys.stdout.isatty())
     if fmt == "parquet" and not args.output:
         raise UsageError("parquet output needs -o FILE.parquet or -o FOLDER/")
     # Before any file is touched or the model loaded (a missing extra is a usage error).

@@ -29,6 +29,10 @@ DEFAULT_WINDOW = 224
 DEFAULT_STRIDE = 112
 MAP_METHODS = ("windows", "tokens")
 
+# Seconds a header read or a decode may take before its input becomes an error row (a stalled network mount, a
+# device that never answers). A healthy 48 Mpx photo decodes in well under a second.
+DEFAULT_READ_TIMEOUT = 30.0
+
 PRECISIONS = ("fp32", "fp16", "bf16")
 # Decoding threads are capped here: beyond 8, Pillow's decoders outrun any CPU model.
 MAX_DEFAULT_WORKERS = 8

@@ -4,21 +4,22 @@ scores collections of images through :func:`iter_scores`.
 The pipeline, per window of inputs: read each input's size from its header (in a thread pool), group equal sizes
 into batches under the batch-size and pixel caps, decode those batches in the pool ahead of the model, score them,
 and hand results back in input order as soon as every earlier input is done. Every failure (unreadable header,
-corrupt data, too small, too large, out of memory) is confined to its input and reported on one line; nothing a
-single input does can stop the run.
+corrupt data, too small, too large, out of memory, a read that does not end within ``read_timeout``) is confined to
+its input and reported on one line; nothing a single input does can stop or stall the run.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .constants import default_workers
+from .constants import DEFAULT_READ_TIMEOUT, default_workers
+from .deadline_pool import DeadlinePool, TaskTimeout
 from .images import ImageInput, check_size, failure_cause, input_size, name_of, to_tensor
 from .messages import first_line
 from .results import ScoreResult  # the engine's result type, kept in a torch-free module for the front ends
@@ -32,12 +33,14 @@ PREFETCH_BATCHES = 2
 
 
 def iter_scores(runner: BatchRunner, inputs: Iterable[ImageInput], *, names: Optional[Sequence[str]] = None,
-                workers: Optional[int] = None) -> Iterator[ScoreResult]:
+                workers: Optional[int] = None, read_timeout: Optional[float] = DEFAULT_READ_TIMEOUT
+                ) -> Iterator[ScoreResult]:
     """Scores any number of inputs through the streaming engine, yielding one result per input in input order.
 
     Headers are read first and images of equal size share batches; a pool of threads decodes the next batches
     while the model runs. An input that cannot be scored (unreadable, corrupt, too small, over
-    ``max_image_pixels``, out of memory even on its own) gets a result with an ``error`` and the run goes on.
+    ``max_image_pixels``, out of memory even on its own, not a regular file, or read for longer than
+    ``read_timeout``) gets a result with an ``error`` and the run goes on.
 
     Example::
 
@@ -51,24 +54,30 @@ def iter_scores(runner: BatchRunner, inputs: Iterable[ImageInput], *, names: Opt
             any mix; any iterable, consumed a window at a time, so a generator over millions of files is fine.
         names: How results and errors name each input (default: the path, else ``input[<index>]``).
         workers: Threads that read headers and decode images (default: one per available CPU, at most 8).
+        read_timeout: Seconds one input's header read, and then its decode, may take; beyond, the input gets an
+            error and the run goes on (the blocked thread is abandoned and replaced). ``None``: no limit.
 
     Yields:
         :class:`~qualiclip_infer.results.ScoreResult` (index, name, score, width, height, error), in the order of
         ``inputs``. Never raises for a bad input.
     """
     workers = workers or default_workers()
+    if read_timeout is not None and (isinstance(read_timeout, bool) or not isinstance(read_timeout, (int, float))
+                                     or not math.isfinite(read_timeout) or read_timeout <= 0):
+        raise ValueError(f"read_timeout must be a positive number of seconds or None, got {read_timeout!r}")
     numbered = ((index, image, names[index] if names is not None else name_of(image, index))
                 for index, image in enumerate(inputs))
     order = _InputOrder()
-    in_flight: Deque[Tuple[List[_Item], List[Future]]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qualiclip-decode") as pool:
+    in_flight: Deque[Tuple[List[_Item], list]] = deque()
+    # Daemon threads that nothing joins: a read blocked for good holds neither the other rows nor the exit.
+    with DeadlinePool(workers, read_timeout, name="qualiclip-read") as pool:
         for batch in _equal_size_batches(runner, numbered, pool, order):
-            in_flight.append((batch, [pool.submit(_decode, item) for item in batch]))
+            in_flight.append((batch, [pool.submit(_decode, item, label=item.result.name) for item in batch]))
             if len(in_flight) > PREFETCH_BATCHES:
-                yield from _finish(runner, *in_flight.popleft(), order)
+                yield from _finish(runner, pool, *in_flight.popleft(), order)
             yield from order.release()
         while in_flight:
-            yield from _finish(runner, *in_flight.popleft(), order)
+            yield from _finish(runner, pool, *in_flight.popleft(), order)
     yield from order.release()
 
 
@@ -98,8 +107,8 @@ class _InputOrder:
         return results
 
 
-def _equal_size_batches(runner: BatchRunner, numbered: Iterator[Tuple[int, ImageInput, str]], pool: ThreadPoolExecutor,
-                  order: _InputOrder) -> Iterator[List[_Item]]:
+def _equal_size_batches(runner: BatchRunner, numbered: Iterator[Tuple[int, ImageInput, str]], pool: DeadlinePool,
+                        order: _InputOrder) -> Iterator[List[_Item]]:
     """Reads headers a window at a time; failures go straight to ``order``, the rest come in equal-size batches."""
     while True:
         window = list(itertools.islice(numbered, PROBE_WINDOW))
@@ -107,7 +116,12 @@ def _equal_size_batches(runner: BatchRunner, numbered: Iterator[Tuple[int, Image
             return
         items = [_Item(image, ScoreResult(index, name)) for index, image, name in window]
         sized = []
-        for item in pool.map(lambda item: _probe(item, runner.max_image_pixels), items):
+        tasks = [pool.submit(_probe, item, runner.max_image_pixels, label=item.result.name) for item in items]
+        for item, task in zip(items, tasks):
+            try:
+                pool.result(task)
+            except TaskTimeout as timeout:
+                item.result.error = f"reading the header {timeout} (read timeout)"
             if item.result.error:
                 order.add(item.result)
             else:
@@ -158,12 +172,15 @@ def _decode(item: _Item) -> Union[torch.Tensor, str]:
     return tensor
 
 
-def _finish(runner: BatchRunner, batch: List[_Item], futures: List[Future],
+def _finish(runner: BatchRunner, pool: DeadlinePool, batch: List[_Item], tasks: list,
             order: _InputOrder) -> List[ScoreResult]:
     """Scores a decoded batch and returns the results that are now ready in input order."""
     decoded = []
-    for item, future in zip(batch, futures):
-        outcome = future.result()
+    for item, task in zip(batch, tasks):
+        try:
+            outcome = pool.result(task)
+        except TaskTimeout as timeout:
+            outcome = f"decoding {timeout} (read timeout)"
         if isinstance(outcome, str):
             item.result.error = outcome
         else:

@@ -9,16 +9,27 @@ from __future__ import annotations
 import glob
 import os
 import re
+import stat
 import sys
 import warnings
 from functools import lru_cache
-from typing import AbstractSet, Dict, FrozenSet, List, Sequence
+from typing import AbstractSet, BinaryIO, Dict, FrozenSet, List, Sequence, Union
 
 _GLOB_MAGIC = re.compile(r"[*?[]")
 
 
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+# Formats Pillow opens through another format's plugin: MPO files are read by the JPEG plugin.
+_OPENED_BY_OTHERS = {"MPO"}
+
+
 class InputNotFoundError(ValueError):
     """A command-line input that is neither an existing path nor a glob pattern."""
+
+
+class NotRegularFileError(OSError):
+    """A path that names a FIFO, socket, device or folder: reading it could block forever, so it is not opened."""
 
 
 @lru_cache(maxsize=None)
@@ -26,7 +37,51 @@ def image_extensions() -> FrozenSet[str]:
     """Lower-case file extensions (with the dot) of every format Pillow can open."""
     from PIL import Image
 
-    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN or fmt in _OPENED_BY_OTHERS)
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` names, for messages: ``a regular file``, ``a FIFO``, ``a socket``..."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a file")
+
+
+def check_regular(path: Union[str, os.PathLike]) -> None:
+    """Raises :class:`NotRegularFileError` unless ``path`` (a symlink followed) is a regular file.
+
+    Raises:
+        OSError: The path does not exist or cannot be examined.
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(f"not a regular file ({file_kind(mode)})")
+
+
+def open_regular(path: Union[str, os.PathLike]) -> BinaryIO:
+    """Opens a regular file for reading; anything else is refused without being opened.
+
+    A FIFO would block its reader until a writer comes, and a device may never answer, so the path is examined
+    first (a symlink followed); it is then opened without blocking and examined again, in case it was replaced in
+    between.
+
+    Raises:
+        NotRegularFileError: Not a regular file.
+        OSError: It cannot be opened.
+    """
+    check_regular(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"not a regular file ({file_kind(mode)})")
+        file = os.fdopen(fd, "rb")
+        file.raw.name = os.fspath(path)  # as open(path) names it, for messages
+        return file
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def find_images(paths: Sequence[str], *, recursive: bool = True, hidden: bool = False) -> List[str]:

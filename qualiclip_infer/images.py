@@ -6,23 +6,34 @@ the score.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
-from typing import BinaryIO, Optional, Tuple, Union
+from typing import BinaryIO, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .messages import first_line
 from .constants import MIN_IMAGE_SIDE
+from .files import NotRegularFileError, open_regular
+from .messages import first_line
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray, torch.Tensor]
 EncodedImage = (bytes, bytearray, memoryview)
 
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
+# The PNG chunk walk looking for eXIf gives up after this many chunks (a PNG with 8 KiB IDAT chunks holds 800 MB of
+# data in this many), so no file, however large or padded, costs more than a fraction of a second.
+_MAX_PNG_CHUNKS = 100_000
+_MAX_PNG_CHUNK_LENGTH = 2**31 - 1  # the PNG specification's limit
+# Pillow reads this many bytes to choose a plugin; so does the fixed detection order.
+_PREFIX_BYTES = 16
+# Plugins Pillow imports first (Image.preinit), before the rest of Image._plugins: its own order, which the fixed
+# detection order keeps among formats equally fit for a file.
+_FIRST_PLUGINS = ("BmpImagePlugin", "GifImagePlugin", "JpegImagePlugin", "PpmImagePlugin", "PngImagePlugin")
 
 
 class ImageError(ValueError):
@@ -60,10 +71,55 @@ def image_size(source: Union[str, os.PathLike, bytes, bytearray, memoryview], na
         raise ImageError(f"{name}: {describe_error(error)}") from error
 
 
-def _open(source: Union[str, os.PathLike, bytes, bytearray, memoryview]) -> Image.Image:
+@contextlib.contextmanager
+def _open(source: Union[str, os.PathLike, bytes, bytearray, memoryview]) -> Iterator[Image.Image]:
+    """The opened (not decoded) image of a regular file or of bytes, its plugin chosen by :func:`detection_order`."""
     if isinstance(source, EncodedImage):
-        return Image.open(io.BytesIO(source))
-    return Image.open(source)
+        fp: BinaryIO = io.BytesIO(source)
+        extension = ""
+    else:
+        fp = open_regular(source)
+        extension = os.path.splitext(os.fspath(source))[1]
+    with fp:
+        prefix = fp.read(_PREFIX_BYTES)
+        fp.seek(0)
+        with Image.open(fp, formats=detection_order(prefix, extension)) as img:
+            yield img
+
+
+def detection_order(prefix: bytes, extension: str = "") -> List[str]:
+    """The order in which Pillow's plugins are offered a file: the same for the same file, whatever was opened before.
+
+    Left to itself, Pillow tries its plugins in the order they were imported, which depends on the files opened
+    earlier (it imports the plugin of a file's extension first), and some plugins claim files of other formats (a
+    TGA reader takes an ICO file for a TGA image). Here the plugins whose signature check accepts the file's first
+    bytes come first, then those that have no signature check (TGA), then the rest; within each group the plugin of
+    the file's extension leads, then Pillow's own import order.
+
+    Args:
+        prefix: The file's first 16 bytes.
+        extension: Its extension with the dot, any case (``""`` for bytes).
+    """
+    Image.init()
+    wanted = Image.registered_extensions().get(extension.lower())
+    wanted = "JPEG" if wanted in ("MPO", "JPEG") else wanted  # the JPEG plugin opens MPO files
+    plugins = [*_FIRST_PLUGINS, *(name for name in Image._plugins if name not in _FIRST_PLUGINS)]
+
+    def key(fmt: str) -> Tuple[int, int, int, str]:
+        factory, accept = Image.OPEN[fmt]
+        if accept is None:
+            fit = 1
+        else:
+            try:
+                verdict = accept(prefix)
+            except Exception:  # some checks fail on a short prefix (an empty file); Pillow skips them the same way
+                verdict = False
+            fit = 0 if verdict and not isinstance(verdict, str) else 2
+        module = getattr(factory, "__module__", "").rpartition(".")[2]
+        rank = plugins.index(module) if module in plugins else len(plugins)
+        return fit, fmt != wanted, rank, fmt
+
+    return sorted(Image.OPEN, key=key)
 
 
 def _source_name(source: object) -> str:
@@ -98,21 +154,26 @@ def _orientation(img: Image.Image) -> Optional[int]:
 
 
 def _png_exif_chunk(fp: BinaryIO) -> Optional[bytes]:
-    """The ``eXIf`` chunk of a PNG file, found by skipping from chunk header to chunk header."""
+    """The ``eXIf`` chunk of a PNG file, found by skipping from chunk header to chunk header.
+
+    The walk is bounded: it stops at ``IEND``, at the end of the file, at anything that is not a chunk header
+    (zero padding, a sparse file's hole: a chunk type is four ASCII letters), and after ``_MAX_PNG_CHUNKS`` chunks.
+    """
     position = fp.tell()
     try:
         fp.seek(8)  # the PNG signature
-        while True:
+        for _ in range(_MAX_PNG_CHUNKS):
             header = fp.read(8)
             if len(header) < 8:
                 return None
             length, kind = struct.unpack(">I4s", header)
+            if not kind.isalpha() or not kind.isascii() or length > _MAX_PNG_CHUNK_LENGTH or kind == b"IEND":
+                return None
             if kind == b"eXIf":
                 data = fp.read(length)
                 return data if len(data) == length else None
-            if kind == b"IEND":
-                return None
             fp.seek(length + 4, os.SEEK_CUR)  # data and CRC
+        return None
     finally:
         fp.seek(position)
 
@@ -166,6 +227,8 @@ def failure_cause(error: BaseException, name: str) -> str:
 
 def describe_error(error: BaseException) -> str:
     """A one-line cause for a decoding failure."""
+    if isinstance(error, NotRegularFileError):
+        return first_line(error)
     if isinstance(error, FileNotFoundError):
         return "no such file"
     if isinstance(error, IsADirectoryError):
@@ -205,13 +268,20 @@ def check_tensor(tensor: torch.Tensor, name: str = "tensor") -> torch.Tensor:
     """Checks a float image tensor ``3 x H x W`` or ``N x 3 x H x W`` with values in [0, 1].
 
     Raises:
-        ImageError: Wrong rank, channel count, dtype, size or value range.
+        ImageError: Wrong rank, channel count, dtype, size or value range, or a NaN or infinite value.
     """
     if not tensor.is_floating_point():
         raise ImageError(f"{name}: image tensors must be float in [0, 1], got {tensor.dtype}")
     if tensor.ndim not in (3, 4) or tensor.shape[-3] != 3:
         raise ImageError(f"{name}: expected a 3xHxW or Nx3xHxW tensor, got shape {tuple(tensor.shape)}")
     check_size(tensor.shape[-1], tensor.shape[-2], name)
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        bad = tensor[~finite]
+        kinds = [kind for kind, found in (("NaN", bad.isnan().any()), ("+inf", bad.isposinf().any()),
+                                          ("-inf", bad.isneginf().any())) if found]
+        raise ImageError(f"{name}: values must be finite numbers in [0, 1], found {' and '.join(kinds)} "
+                         f"in {bad.numel()} of {tensor.numel()} values")
     if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
         raise ImageError(f"{name}: values must lie in [0, 1], got [{tensor.min():.3g}, {tensor.max():.3g}]")
     return tensor

@@ -7,6 +7,7 @@ encoding prompts :mod:`~qualiclip_infer.prompts`'; this module puts a network to
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Iterable, NamedTuple, Optional, Sequence, Tuple, Union
@@ -78,6 +79,9 @@ def load_network(
     not the checkpoint file's, and each is written once: on a CPU the first write of fresh memory costs more than the
     copy.
     """
+    if logit_scale is not None and (isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float))
+                                    or not math.isfinite(logit_scale) or logit_scale <= 0):
+        raise ValueError(f"logit_scale must be a finite number above 0 or None, got {logit_scale!r}")
     preset = get_preset(model)
     custom_pairs = None if prompts is None else as_prompt_pairs(prompts)
     preset.check_options(custom_pairs, prompt_weights, prompt_revision)

@@ -15,8 +15,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
+import stat
 import sys
 from typing import IO, Any, Iterable, NamedTuple, Optional, Sequence, Set, TextIO, Tuple
 
@@ -31,7 +33,7 @@ _ENCODING, _ERRORS = "utf-8", "surrogateescape"
 _CSV_HEADER = ",".join(COLUMNS) + "\n"
 # How every jsonl record the writer produces begins: a cut-off last line must be a prefix of a record.
 _JSONL_START = '{"path": "'
-_CSV_SCORE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?|nan|-?inf")
+_CSV_SCORE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")  # never nan or inf: this tool writes no such score
 _CSV_SIZE = re.compile(r"[0-9]+")
 
 
@@ -92,8 +94,35 @@ def open_output(path: Optional[str], append: bool = False) -> TextIO:
 # Writing
 
 
+class OutputWriteError(OSError):
+    """Writing rows failed (disk full, folder gone, I/O error); ``filename`` is the output, ``strerror`` the cause."""
+
+
+def write_error(error: OSError, name: str) -> OutputWriteError:
+    """``error`` as an :class:`OutputWriteError` naming the output ``name``."""
+    if isinstance(error, OutputWriteError):
+        return error
+    return OutputWriteError(error.errno, f"{error.strerror or type(error).__name__} (while writing rows)", name)
+
+
+def close_output(stream: TextIO, name: str) -> None:
+    """Closes an output file, the buffered rest written.
+
+    Raises:
+        OutputWriteError: That last write failed.
+    """
+    try:
+        stream.close()
+    except OSError as error:
+        raise write_error(error, name) from error
+
+
 class RowWriter:
     """Writes rows in one format, flushing after each call so that an interrupted run keeps every row written.
+
+    A failed write (disk full, I/O error) raises :class:`OutputWriteError` naming the output; the rows flushed
+    before it stay complete records, which ``--resume`` keeps (a row cut in the middle is cut off and scored again).
+    After a failure the writer writes nothing more.
 
     Args:
         stream: Text stream to write to (see :func:`open_output`).
@@ -101,43 +130,64 @@ class RowWriter:
         header: Write the csv/table header (not when appending to an earlier run's file).
         path_width: Width of the table's path column.
         calibrated: Also write the :data:`~qualiclip_infer.results.CALIBRATED_COLUMNS` of each row.
+        name: How a write error names the output (``-o`` FILE).
     """
 
     def __init__(self, stream: TextIO, fmt: str, *, header: bool = True, path_width: int = 40,
-                 calibrated: bool = False):
+                 calibrated: bool = False, name: str = "standard output"):
         if fmt not in FORMATS:
             raise ValueError(f"unknown output format {fmt!r}; expected one of {', '.join(FORMATS)}")
         self._stream = stream
         self._fmt = fmt
         self._path_width = path_width
+        self._name = name
         self._count = 0
         self._calibrated = calibrated
+        self._failed = False
         columns = COLUMNS + CALIBRATED_COLUMNS if calibrated else COLUMNS
         if fmt == "json":
-            stream.write("[")
+            self._put("[")
         elif header and fmt == "csv":
-            stream.write(_csv_line(columns))
+            self._put(_csv_line(columns))
         elif header and fmt == "table":
-            stream.write(self._table_line(columns))
-        stream.flush()
+            self._put(self._table_line(columns))
+        else:
+            self._put("")
 
     def write(self, rows: Iterable[ScoredRow]) -> None:
-        """Writes and flushes rows."""
-        for row in rows:
-            self._stream.write(self._format(row))
-            self._count += 1
-        self._stream.flush()
+        """Writes and flushes rows.
+
+        Raises:
+            OutputWriteError: The write failed.
+        """
+        self._put("".join(self._format(row) for row in rows))
 
     def close(self) -> None:
         """Ends the output (closes the json array) and flushes; the stream stays open."""
+        if self._failed:
+            return
         if self._fmt == "json":
-            self._stream.write("\n]\n" if self._count else "]\n")
-        self._stream.flush()
+            self._put("\n]\n" if self._count else "]\n")
+        else:
+            self._put("")
+
+    def _put(self, text: str) -> None:
+        if self._failed:
+            raise OutputWriteError(0, "an earlier write failed", self._name)
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except OSError as error:
+            if isinstance(error, BrokenPipeError):  # the reader left (| head): not a machine failure
+                raise
+            self._failed = True
+            raise write_error(error, self._name) from error
 
     def _format(self, row: ScoredRow) -> str:
+        self._count += 1
         if self._fmt in ("jsonl", "json"):
             text = json.dumps(json_record(row, self._calibrated), ensure_ascii=False)
-            return text + "\n" if self._fmt == "jsonl" else ("," if self._count else "") + "\n" + text
+            return text + "\n" if self._fmt == "jsonl" else ("," if self._count > 1 else "") + "\n" + text
         decimals = SCORE_DECIMALS if self._fmt == "csv" else 4
         cells = [row.name, _decimal(row.score, decimals), _blank(row.width), _blank(row.height), row.error]
         if self._calibrated:
@@ -192,6 +242,17 @@ def prepare_resume(path: str, fmt: str) -> Finished:
     """
     if fmt not in RESUMABLE_FORMATS:
         raise ValueError(f"only {' and '.join(RESUMABLE_FORMATS)} files can be resumed, not {fmt!r}")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return Finished(set(), False)
+    except OSError as error:
+        raise OutputFileError(f"--resume {path}: {error.strerror or type(error).__name__}") from error
+    if stat.S_ISDIR(mode):
+        raise OutputFileError(f"--resume {path}: is a folder, not a {fmt} file")
+    if not stat.S_ISREG(mode):
+        # Reading a FIFO would wait for a writer forever; a device has no earlier rows.
+        raise OutputFileError(f"--resume {path}: not a regular file; --resume reads an earlier run's {fmt} file")
     try:
         with open(path, "rb") as f:
             scan = _scan_csv(path, f) if fmt == "csv" else _scan_jsonl(path, f)
@@ -290,6 +351,8 @@ def _csv_problem(row: Sequence[str]) -> str:
     path, score, width, height, _ = row
     if not path:
         return "empty path"
+    if "\0" in path:
+        return "a NUL character in the path"
     if score and not _CSV_SCORE.fullmatch(score):
         return f"score {_clip(score)} is not a number"
     for column, value in (("width", width), ("height", height)):
@@ -330,9 +393,12 @@ def _jsonl_row(line: str) -> Tuple[str, str]:
         return f"keys {_clip(', '.join(map(str, value)))} instead of {', '.join(COLUMNS)}", ""
     if not isinstance(value["path"], str) or not value["path"]:
         return "path is not a non-empty string", ""
+    if "\0" in value["path"]:
+        return "a NUL character in the path", ""
     if value["score"] is not None and (isinstance(value["score"], bool)
-                                       or not isinstance(value["score"], (int, float))):
-        return "score is not a number", ""
+                                       or not isinstance(value["score"], (int, float))
+                                       or not math.isfinite(value["score"])):
+        return "score is not a finite number", ""
     for column in ("width", "height"):
         if value[column] is not None and (isinstance(value[column], bool) or not isinstance(value[column], int)
                                           or value[column] < 0):

@@ -19,7 +19,7 @@ from PIL import Image
 
 from . import engine, maps
 from .calibration import Calibration, calibrated_results, checked_calibration
-from .constants import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS
+from .constants import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_READ_TIMEOUT
 from .devices import Precision, check_precision, resolve_device
 from .hub import WeightsSpec
 from .images import EncodedImage, ImageError, ImageInput, check_size, check_tensor, unsupported_input
@@ -117,10 +117,11 @@ class QualityScorer(BatchRunner):
     quality_map = maps.quality_map
 
     def iter_scores(self, inputs: Iterable[ImageInput], *, names: Optional[Sequence[str]] = None,
-                    workers: Optional[int] = None) -> Iterator[ScoreResult]:
+                    workers: Optional[int] = None,
+                    read_timeout: Optional[float] = DEFAULT_READ_TIMEOUT) -> Iterator[ScoreResult]:
         """:func:`qualiclip_infer.engine.iter_scores` with this scorer (its docstring says it all); with a
         calibration, each scored result also carries ``mos`` and ``percentile``."""
-        results = engine.iter_scores(self, inputs, names=names, workers=workers)
+        results = engine.iter_scores(self, inputs, names=names, workers=workers, read_timeout=read_timeout)
         return results if self.calibration is None else calibrated_results(self.calibration, results)
 
     def score(self, images: Union[ImageInput, Sequence[ImageInput]], *,

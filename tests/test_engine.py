@@ -81,7 +81,7 @@ def test_unexpected_pillow_exception_becomes_nan_with_a_warning(scorer, tmp_path
     real_open = Image.open
 
     def flaky_open(fp, *args, **kwargs):
-        if str(fp).endswith("1.png"):
+        if str(getattr(fp, "name", fp)).endswith("1.png"):  # a path, or the file opened from it
             raise ZeroDivisionError("a plugin bug")
         return real_open(fp, *args, **kwargs)
 

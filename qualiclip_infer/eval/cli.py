@@ -131,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     args = build_parser().parse_args(argv)
     return run(PROG, lambda: _run(args), usage_errors=(MosFileError, ScoresFileError, EvaluationError),
-               interrupted="scores computed so far are saved")
+               interrupted="scores computed so far are saved", quiet=args.quiet)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs ``qualiclip-report``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    return run(PROG, lambda: _run(args), usage_errors=(ScoresFileError,), interrupted="no page was written")
+    return run(PROG, lambda: _run(args), usage_errors=(ScoresFileError,), interrupted="no page was written",
+               quiet=args.quiet)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,0 +1,411 @@
+"""Issue 18: a run cannot hang on a file, fails on one clear line when the machine does, and gives each file the
+result it would get alone. The commands run as subprocesses (tests/helpers_robust.py stages stuck reads and full
+disks inside them); the library checks run in-process on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import natural_image, save_image
+from helpers_robust import TIMEOUT, mixed_formats, patched_command, score_command, wait_for_text
+from PIL import Image
+
+from qualiclip_infer import QualityScorer
+from qualiclip_infer.images import ImageError, check_tensor
+from qualiclip_infer.output import OutputFileError, RowWriter, prepare_resume
+from qualiclip_infer.writelock import OutputBusyError, OutputLock
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_checkpoint):
+    return QualityScorer(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """Three small pictures of different sizes (each its own batch)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(3):
+        save_image(folder / f"p{index}.png", natural_image(40 + index, 36, seed=index))
+    return folder
+
+
+def jsonl(path: Path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Reading never blocks forever
+
+
+def test_a_fifo_and_a_socket_in_a_folder_get_error_rows_and_the_run_finishes(photos, tiny_checkpoint, tmp_path):
+    os.mkfifo(photos / "fifo.jpg")
+    short = Path(tempfile.mkdtemp(dir="/tmp"))  # AF_UNIX paths are limited to about 100 bytes
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(os.fspath(short / "s.png"))
+    os.symlink(short / "s.png", photos / "socket.png")  # a symlink is followed, then checked
+    out = tmp_path / "rows.jsonl"
+    try:
+        result = score_command(photos, "--weights", tiny_checkpoint, "-o", out, "-q", timeout=60)
+    finally:
+        server.close()
+    assert result.returncode == 1, result.stderr
+    rows = {Path(row["path"]).name: row for row in jsonl(out)}
+    assert rows["fifo.jpg"]["error"] == "not a regular file (a FIFO)"
+    assert rows["socket.png"]["error"] == "not a regular file (a socket)"
+    assert all(rows[f"p{index}.png"]["score"] is not None for index in range(3))
+
+
+def test_score_refuses_a_fifo_without_opening_it(scorer, tmp_path):
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match=r"x\.png: not a regular file \(a FIFO\)"):
+        scorer.score(fifo)  # opening a FIFO for reading would wait for a writer forever
+
+
+def test_a_read_that_never_ends_becomes_an_error_row_within_the_time_limit(scorer, photos, monkeypatch):
+    import qualiclip_infer.images as images
+
+    release = threading.Event()
+    real_open = images.open_regular
+
+    def open_regular(path):
+        if os.fspath(path).endswith("p1.png"):
+            release.wait()  # a stalled network mount
+        return real_open(path)
+
+    monkeypatch.setattr(images, "open_regular", open_regular)
+    paths = sorted(photos.iterdir())
+    started = time.monotonic()
+    try:
+        results = list(scorer.iter_scores(paths, workers=2, read_timeout=0.5))
+    finally:
+        release.set()
+    assert time.monotonic() - started < 10
+    assert [result.ok for result in results] == [True, False, True]
+    assert results[1].error == "reading the header took longer than 0.5 s (read timeout)"
+
+
+def test_qualiclip_score_read_timeout_turns_a_stuck_decode_into_a_row(photos, tiny_checkpoint, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    command = patched_command("stuck", "p1.png:2", photos, "--weights", tiny_checkpoint, "-o", out,
+                              "--read-timeout", "1", "--workers", "2")
+    started = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - started < 60  # and the stuck thread does not hold up the exit
+    rows = {Path(row["path"]).name: row for row in jsonl(out)}
+    assert rows["p1.png"]["error"] == "decoding took longer than 1 s (read timeout)"
+    assert rows["p0.png"]["score"] is not None and rows["p2.png"]["score"] is not None
+
+
+def test_ctrl_c_ends_the_run_at_once_while_a_read_is_stuck(photos, tiny_checkpoint, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    command = patched_command("stuck", "p1.png:2", photos, "--weights", tiny_checkpoint, "-o", out,
+                              "--read-timeout", "600", "--workers", "2")
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr.readline().strip() == "stuck"
+        wait_for_text(out)  # the row before the stuck one
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert time.monotonic() - started < 10
+    assert process.returncode == 130
+    assert "interrupted" in process.stderr.read()
+    assert [Path(row["path"]).name for row in jsonl(out)] == ["p0.png"]  # what was written is kept
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. The header probe reads a bounded number of bytes
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_a_huge_zero_padded_png_header_is_read_in_under_a_second(tmp_path):
+    path = tmp_path / "padded.png"
+    header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 6000, 6000, 8, 2, 0, 0, 0))
+    data = _png_chunk(b"IDAT", zlib.compress(b"\0" * 100))
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + header + data)
+        f.truncate(4 * 2**30)  # a sparse hole of zeros, no IEND: the walk once read it 12 bytes at a time
+    # In a subprocess: the old walk would otherwise keep a thread of this test busy for minutes.
+    code = ("import sys, time; from qualiclip_infer.images import image_size; t = time.monotonic(); "
+            "size = image_size(sys.argv[1]); print(*size, time.monotonic() - t)")
+    result = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=30)
+    width, height, seconds = result.stdout.split()
+    assert (int(width), int(height)) == (6000, 6000) and float(seconds) < 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Machine failures: one line naming the file, exit status 3, rows written stay valid
+
+
+def test_a_full_disk_mid_run_gives_one_line_exit_3_and_resume_completes(photos, tiny_checkpoint, tmp_path):
+    out = tmp_path / "rows.csv"
+    room = len("path,score,width,height,error\n") + len(f"{photos}/p0.png,0.12345678,40,36,\n") + 10
+    result = subprocess.run(patched_command("full", room, photos, "--weights", tiny_checkpoint, "-o", out, "-q",
+                                            "--batch-size", "1"), capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        f"qualiclip-score: error: {out}: No space left on device (while writing rows)"]
+    resumed = score_command(photos, "--weights", tiny_checkpoint, "-o", out, "--resume", "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0] == "path,score,width,height,error"
+    assert sorted(line.split(",")[0] for line in lines[1:]) == sorted(map(os.fspath, photos.iterdir()))
+
+
+def test_dev_full_as_output_fails_at_the_first_flush_with_exit_3(photos, tiny_checkpoint):
+    result = score_command(photos, "--weights", tiny_checkpoint, "-o", "/dev/full", "--format", "csv")
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        "qualiclip-score: error: /dev/full: No space left on device (while writing rows)"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. One writer per output file
+
+
+def test_a_second_resume_run_on_the_same_file_is_refused_and_the_file_left_untouched(photos, tiny_checkpoint,
+                                                                                     tmp_path):
+    out = tmp_path / "rows.jsonl"
+    first = subprocess.Popen(patched_command("stuck", "p1.png:2", photos, "--weights", tiny_checkpoint, "-o", out,
+                                             "--resume", "--read-timeout", "600", "--workers", "2"),
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stderr.readline().strip() == "stuck"
+        before = wait_for_text(out)  # the row before the stuck one: the first run writes no more
+        second = score_command(photos, "--weights", tiny_checkpoint, "-o", out, "--resume")
+        assert second.returncode == 2
+        assert second.stderr.splitlines() == [
+            f"qualiclip-score: error: -o {out} is being written by another qualiclip-score, pid {first.pid}; "
+            f"the file is left unchanged"]
+        assert out.read_bytes() == before
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=30)
+    assert first.returncode == 130
+    third = score_command(photos, "--weights", tiny_checkpoint, "-o", out, "--resume", "-q")
+    assert third.returncode == 0, third.stderr
+    assert sorted(Path(row["path"]).name for row in jsonl(out)) == ["p0.png", "p1.png", "p2.png"]
+    assert not (tmp_path / ".rows.jsonl.lock").exists()  # the lock file goes with its run
+
+
+def test_the_lock_covers_parquet_folders_and_names_the_holder(tmp_path):
+    folder = tmp_path / "parts"
+    with OutputLock(os.fspath(folder) + "/", "qualiclip-score"):
+        with pytest.raises(OutputBusyError, match=rf"is being written by another qualiclip-score, pid {os.getpid()}"):
+            OutputLock(os.fspath(folder), "qualiclip-score").acquire()
+    with OutputLock(os.fspath(folder), "qualiclip-score"):  # released: free again
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. Closed or broken standard streams
+
+
+def _shell(command: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+
+
+def test_closed_stdout_with_an_output_file_writes_the_file(photos, tiny_checkpoint, tmp_path):
+    result = _shell(f'"{sys.executable}" -m qualiclip_infer "{photos}" --weights "{tiny_checkpoint}" '
+                    f'-o rows.jsonl >&-', tmp_path)
+    assert result.returncode == 0 and result.stderr == ""
+    assert len(jsonl(tmp_path / "rows.jsonl")) == 3
+
+
+def test_closed_stderr_still_writes_every_row(photos, tiny_checkpoint, tmp_path):
+    os.mkfifo(photos / "fifo.png")  # an error row, whose message has nowhere to go
+    result = _shell(f'"{sys.executable}" -m qualiclip_infer "{photos}" --weights "{tiny_checkpoint}" 2>&-',
+                    tmp_path)
+    assert result.returncode == 1
+    assert len(result.stdout.splitlines()) == 1 + 4
+
+
+def test_a_reader_that_leaves_early_stops_the_run_quietly(photos, tiny_checkpoint, tmp_path):
+    result = _shell(f'"{sys.executable}" -m qualiclip_infer "{photos}" --weights "{tiny_checkpoint}" '
+                    f'--batch-size 1 2>err.txt | head -1', tmp_path)
+    assert result.stdout == "path,score,width,height,error\n"
+    assert (tmp_path / "err.txt").read_text() == ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. Non-finite inputs and options
+
+
+@pytest.mark.parametrize("value, kind", [(math.nan, "NaN"), (math.inf, r"\+inf"), (-math.inf, "-inf")])
+def test_non_finite_pixels_are_an_input_error_naming_the_input(scorer, value, kind):
+    image = torch.rand(3, 40, 40)
+    image[1, 5, 5] = value
+    with pytest.raises(ImageError, match=rf"^photo: values must be finite numbers in \[0, 1\], found {kind}"):
+        check_tensor(image, "photo")
+    with pytest.raises(ImageError, match=rf"^batch: .*found {kind}"):
+        scorer.score(image[None].repeat(2, 1, 1, 1))
+    with pytest.raises(ImageError, match=rf"^input\[0\]: .*found {kind}"):
+        scorer.quality_map(image, method="tokens")
+    with pytest.warns(UserWarning, match=rf"input\[1\]: .*found {kind}"):
+        scores = scorer.score([torch.rand(3, 40, 40), image], on_error="nan")
+    assert not math.isnan(scores[0]) and math.isnan(scores[1])
+
+
+@pytest.mark.parametrize("option, value", [("logit_scale", math.nan), ("logit_scale", math.inf),
+                                           ("logit_scale", -1.0), ("max_batch_pixels", math.nan),
+                                           ("max_image_pixels", math.inf)])
+def test_non_finite_scorer_options_are_refused(tiny_checkpoint, option, value):
+    with pytest.raises(ValueError, match=option):
+        QualityScorer(tiny_checkpoint, device="cpu", **{option: value})
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 0, -1])
+def test_a_bad_read_timeout_is_refused(scorer, value):
+    with pytest.raises(ValueError, match="read_timeout"):
+        list(scorer.iter_scores([torch.rand(3, 40, 40)], read_timeout=value))
+
+
+def test_the_command_refuses_a_non_finite_read_timeout(photos):
+    result = score_command(photos, "--read-timeout", "nan")
+    assert result.returncode == 2 and "--read-timeout" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. Results depend on the file alone
+
+
+_ROWS_IN_ORDER = """
+import hashlib, json, sys
+from qualiclip_infer.images import ImageError, image_size, to_tensor
+for path in sys.argv[1:]:
+    try:
+        row = [*image_size(path), hashlib.sha1(to_tensor(path).numpy().tobytes()).hexdigest()]
+    except ImageError as error:
+        row = str(error)
+    print(json.dumps([path, row]))
+"""
+
+
+def test_a_file_is_read_the_same_whatever_was_opened_before_it(tmp_path):
+    paths = [os.fspath(path) for path in mixed_formats(tmp_path / "mixed")]
+    orders = [sorted(paths), sorted(paths, reverse=True), random.Random(3).sample(paths, len(paths)),
+              *[[path] for path in paths]]
+    # A fresh interpreter per order: which of Pillow's plugins are loaded, and in what order, is process-wide.
+    processes = [subprocess.Popen([sys.executable, "-c", _ROWS_IN_ORDER, *order], stdout=subprocess.PIPE, text=True)
+                 for order in orders]
+    runs = [dict(json.loads(line) for line in process.communicate(timeout=TIMEOUT)[0].splitlines())
+            for process in processes]
+    alone = {path: rows[path] for rows in runs[3:] for path in rows}
+    for rows in runs[:3]:
+        assert rows == alone
+    assert all(isinstance(row, list) for row in alone.values()), alone  # every one of them is a readable picture
+
+
+def test_folder_scans_include_mpo_files(tmp_path):
+    from qualiclip_infer.files import find_images
+
+    paths = mixed_formats(tmp_path / "mixed")
+    assert sorted(find_images([os.fspath(tmp_path / "mixed")])) == sorted(map(os.fspath, paths))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 8. Quiet means quiet
+
+
+def _jpeg_with_corrupt_exif(path: Path) -> Path:
+    exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x05\x01\x12\0\x03\0\0\0\x01\0\x06"  # five entries promised, one given
+    Image.fromarray(natural_image(48, 40)).save(path, "JPEG", exif=exif)
+    return path
+
+
+def test_pillow_warnings_name_the_file_or_are_dropped_with_quiet(photos, tiny_checkpoint):
+    bad = _jpeg_with_corrupt_exif(photos / "exif.jpg")
+    loud = score_command(photos, "--weights", tiny_checkpoint)
+    assert loud.returncode == 0
+    warned = [line for line in loud.stderr.splitlines() if "Corrupt EXIF" in line]
+    assert warned and all(line.startswith(f"qualiclip-score: {bad}: warning: Corrupt EXIF data") for line in warned)
+    quiet = score_command(photos, "--weights", tiny_checkpoint, "-q")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_libtiff_handlers_can_be_silenced_and_tiffs_still_decode(tmp_path):
+    path = tmp_path / "lzw.tif"
+    Image.fromarray(natural_image(40, 36)).save(path, compression="tiff_lzw")  # decoded by libtiff
+    code = ("import sys; from qualiclip_infer.streams import silence_libtiff; from qualiclip_infer.images import "
+            "to_tensor; print(silence_libtiff(), tuple(to_tensor(sys.argv[1]).shape))")
+    result = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.stdout.split(None, 1) == ["True", "(3, 36, 40)\n"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 9. Smaller
+
+
+def test_resume_into_a_folder_says_it_is_a_folder(photos, tmp_path):
+    (tmp_path / "old.csv").mkdir()
+    result = score_command(photos, "-o", tmp_path / "old.csv", "--resume")
+    assert result.returncode == 2
+    assert "is a folder" in result.stderr and "parquet" not in result.stderr
+
+
+def test_an_unwritable_output_is_reported_before_the_model_loads(photos, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    # No --weights: the default model is on the Hub, unreachable here; the output check must come first.
+    result = score_command(photos, "-o", blocker / "rows.csv", "--offline", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"qualiclip-score: error: -o {blocker / 'rows.csv'}: cannot write there")
+
+
+def test_resume_refuses_a_fifo_without_reading_it(tmp_path):
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputFileError, match="not a regular file"):
+        prepare_resume(os.fspath(fifo), "csv")
+
+
+@pytest.mark.parametrize("fmt, row", [
+    ("csv", "x.png,nan,40,40,\n"), ("csv", "x.png,inf,40,40,\n"), ("csv", "x\0.png,0.5,40,40,\n"),
+    ("jsonl", '{"path": "x.png", "score": NaN, "width": 40, "height": 40, "error": null}\n'),
+    ("jsonl", '{"path": "x.png", "score": Infinity, "width": 40, "height": 40, "error": null}\n'),
+    ("jsonl", '{"path": "x\\u0000.png", "score": 0.5, "width": 40, "height": 40, "error": null}\n')])
+def test_resume_refuses_rows_this_tool_never_writes(tmp_path, fmt, row):
+    path = tmp_path / f"rows.{fmt}"
+    header = "path,score,width,height,error\n" if fmt == "csv" else ""
+    path.write_text(header + row)
+    before = path.read_bytes()
+    with pytest.raises(OutputFileError, match="not a qualiclip-score"):
+        prepare_resume(os.fspath(path), fmt)
+    assert path.read_bytes() == before
+
+
+def test_the_row_writer_names_the_file_when_a_write_fails():
+    class Full:
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            pass
+
+    with pytest.raises(OSError, match=r"No space left on device \(while writing rows\)") as caught:
+        RowWriter(Full(), "csv", name="rows.csv")
+    assert caught.value.filename == "rows.csv"
