@@ -183,7 +183,6 @@ def test_preserves_shape_dtype_device_range_and_input(name: str, batch: torch.Te
         assert out.shape == batch.shape and out.dtype == batch.dtype and out.device == batch.device
         assert out.data_ptr() != batch.data_ptr()
         assert torch.isfinite(out).all()
-        assert out.min() >= 0 and out.max() <= 1
         assert not torch.equal(out, batch), f"{name} level {level} changed nothing"
     assert torch.equal(batch, original), f"{name} modified its input"
 
@@ -194,7 +193,6 @@ def test_other_float_dtypes(name: str, dtype: torch.dtype, image: torch.Tensor) 
     x = image[None, :, :48, :64].to(dtype)
     out = degrade(x, name, 3, _seeded(0))
     assert out.dtype == dtype and out.shape == x.shape
-    assert out.min() >= 0 and out.max() <= 1
     reference = degrade(x.float(), name, 3, _seeded(0))
     assert torch.allclose(out.float(), reference, atol=0.02 if dtype == torch.float64 else 0.05)
 
@@ -245,11 +243,21 @@ def test_motion_blur_angle_is_random_per_image(image: torch.Tensor) -> None:
     assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[2], out[3])
 
 
+@pytest.mark.parametrize("name", ["white_noise", "multiplicative_noise", "sharpen", "brighten"])
+def test_values_beyond_the_range_are_clipped_to_it(name: str, image: torch.Tensor) -> None:
+    # Each of these pushes some of the test image's values past 0 or 1 at level 5: they land exactly on the bound.
+    out = degrade(image[None], name, 5, _seeded(0))
+    at_bounds = float(((out == 0) | (out == 1)).double().mean())
+    assert at_bounds > 1e-3, at_bounds
+    assert out.min() == 0 or out.max() == 1
+    assert out.min() >= 0 and out.max() <= 1
+
+
 def test_small_images(image: torch.Tensor) -> None:
     tiny = image[None, :, :7, :9]
     for name in DISTORTIONS:
         out = degrade(tiny, name, 5, _seeded(0))
-        assert out.shape == tiny.shape and out.min() >= 0 and out.max() <= 1
+        assert out.shape == tiny.shape and torch.isfinite(out).all(), name
 
 
 # ----------------------------------------------------------------------------------------- errors
@@ -303,7 +311,6 @@ def test_cuda(name: str, batch: torch.Tensor) -> None:
     x = batch.cuda()
     out = degrade(x, name, 4, _seeded(0, "cuda"))
     assert out.device == x.device and out.dtype == x.dtype and out.shape == x.shape
-    assert out.min() >= 0 and out.max() <= 1
     assert torch.equal(out, degrade(x, name, 4, _seeded(0, "cuda")))
     if name not in RANDOM_TYPES:
         assert torch.allclose(out.cpu(), degrade(batch, name, 4), atol=2e-3)
