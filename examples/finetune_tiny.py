@@ -11,6 +11,7 @@ synthetic pictures stand in for the photos. The settings differ from the default
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -56,7 +57,7 @@ def synthetic_picture(size: int, seed: int) -> np.ndarray:
     return (picture.clip(0, 1) * 255).astype(np.uint8)
 
 
-def main() -> None:
+def main(steps: int = 300) -> None:
     torch.set_num_threads(1)  # the tiny network is too small to gain from more, and loses when cores are shared
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
@@ -67,7 +68,7 @@ def main() -> None:
 
         config = TrainConfig(
             images=work / "pristine", out=work / "tiny-tuned.pth", init=init, device="cpu",
-            steps=300, batch_size=8, crop_size=CROP, workers=0, checkpoint_every=0,
+            steps=steps, batch_size=8, crop_size=CROP, workers=0, checkpoint_every=0,
             val_fraction=0.25, val_crops=96, val_every=0,
             distortions=("gaussian_blur", "lens_blur", "motion_blur", "white_noise", "pixelate"),
             # A random network: image-text cosines spread ten times wider than RN50's, so wider margins; BatchNorm
@@ -87,4 +88,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=300, help="optimiser steps (default 300)")
+    main(parser.parse_args().steps)

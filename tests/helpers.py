@@ -7,12 +7,14 @@ architecture.
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import open_clip
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 TINY_CONFIG = dict(
     embed_dim=32,
@@ -137,3 +139,50 @@ def natural_image(width: int, height: int, seed: int = 0) -> np.ndarray:
 def save_image(path: Path, array: np.ndarray, **kwargs) -> Path:
     Image.fromarray(array).save(path, **kwargs)
     return path
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width x height`` RGB pixels, with almost no pixel data: its size can be read, but
+    it cannot be decoded (and costs nothing to write)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def as_displayed(stored: np.ndarray, orientation: int) -> np.ndarray:
+    """The ``H x W x C`` pixels a viewer shows for ``stored`` pixels tagged with EXIF ``orientation`` (1-8), from the
+    EXIF definition: 2 mirrored, 3 turned 180 degrees, 4 flipped, 5 transposed, 6 to be turned 90 degrees clockwise,
+    7 transversed, 8 to be turned 90 degrees anticlockwise."""
+    transforms = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(transforms[orientation](stored))
+
+
+def scene_tensor(height: int = 96, width: int = 128) -> torch.Tensor:
+    """A deterministic, photo-like 3 x H x W image: smooth gradients, coloured shapes, soft edges, fine texture."""
+    yy, xx = np.mgrid[0:height, 0:width] / np.array([height, width])[:, None, None]
+    sky = np.stack([0.3 + 0.5 * xx, 0.4 + 0.3 * yy, 0.8 - 0.5 * yy], axis=-1)
+    picture = Image.fromarray((sky * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    draw.ellipse((10, 40, 50, 85), fill=(200, 40, 30))
+    draw.rectangle((70, 20, 115, 60), fill=(30, 150, 60))
+    draw.polygon([(60, 90), (90, 65), (125, 92)], fill=(240, 210, 60))
+    draw.line((0, 30, 127, 10), fill=(20, 20, 20), width=2)
+    picture = picture.filter(ImageFilter.GaussianBlur(0.7))
+    pixels = np.asarray(picture).astype(np.float64) / 255
+    grain = np.random.default_rng(0).standard_normal((height, width))
+    texture = 0.04 * grain + 0.03 * np.sin(xx * 60) * np.cos(yy * 45)
+    pixels = np.clip(pixels + texture[..., None] * np.array([1.0, 0.9, 0.8]), 0.02, 0.98)
+    return torch.from_numpy(pixels).permute(2, 0, 1).float().contiguous()

@@ -1,13 +1,15 @@
-"""Checkpoints: the official format, strict key checks, safe unpickling, atomic writing."""
+"""Checkpoints: the official format, strict key checks, safe unpickling, atomic writing, and fp16/bf16 files widened
+to float32 on load."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
 import torch
-from helpers import RN50_CONFIG, TINY_CONFIG, official_state, random_clip
+from helpers import RN50_CONFIG, TINY_CONFIG, natural_image, official_state, random_clip
 
 from qualiclip_infer import CheckpointError, QualityScorer, load_checkpoint, save_checkpoint
 from qualiclip_infer.model import ClipArchitecture
@@ -160,3 +162,19 @@ def test_pickle_protocol_is_plain(tmp_path, tiny_checkpoint):
     state = torch.load(path, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pth"]  # no temporary file left behind
+
+
+def test_bfloat16_checkpoint_scores_like_its_float32_cast(tiny_checkpoint, tmp_path, one_thread):
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    narrow = {k: v.bfloat16() if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(narrow, tmp_path / "bf16.pth")
+    torch.save({k: v.float() if v.is_floating_point() else v for k, v in narrow.items()}, tmp_path / "cast.pth")
+    arrays = [natural_image(64, 48, seed) for seed in range(3)]
+    scorer = QualityScorer(tmp_path / "bf16.pth", device="cpu")
+    dtypes = {t.dtype for t in [*scorer.model.parameters(), *scorer.model.buffers()] if t.is_floating_point()}
+    assert dtypes == {torch.float32}
+    scores = scorer.score(arrays)
+    assert np.allclose(scores, QualityScorer(tmp_path / "cast.pth", device="cpu").score(arrays), atol=1e-6, rtol=0)
+    # bf16 rounding of the weights matters: the scores are not those of the original fp32 file.
+    original = QualityScorer(tiny_checkpoint, device="cpu").score(arrays)
+    assert np.abs(np.array(scores) - original).max() > 1e-4

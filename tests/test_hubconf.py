@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers import natural_image, save_image
 from PIL import Image
+from reference_qualiclip import read_checkpoint
 from reference_qualiclip import score as reference_score
 from torchvision.transforms import Normalize, ToTensor
 
@@ -38,10 +39,13 @@ def test_dependencies_are_importable_and_importing_hubconf_is_light():
 def test_qualiclip_is_load_model(tiny_checkpoint):
     model = hub_load("QualiCLIP", weights=tiny_checkpoint)
     assert isinstance(model, QualiCLIP) and not model.training
-    images = Normalize(CLIP_MEAN, CLIP_STD)(torch.rand(2, 3, 64, 96))
-    scores = model(images)
+    images01 = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    scores = model(Normalize(CLIP_MEAN, CLIP_STD)(images01))
     assert scores.shape == (2,)
-    assert torch.equal(scores, load_model(tiny_checkpoint)(images))
+    clip_state, prompt_features = read_checkpoint(tiny_checkpoint)  # the independent forward reads the file itself
+    torch.testing.assert_close(scores.double(), reference_score(clip_state, prompt_features, images01),
+                               atol=1e-5, rtol=0)
+    assert torch.equal(scores, load_model(tiny_checkpoint)(Normalize(CLIP_MEAN, CLIP_STD)(images01)))
 
 
 def test_qualiclip_passes_prompts_and_logit_scale(tiny_checkpoint):

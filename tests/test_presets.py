@@ -409,14 +409,21 @@ def _hub_load(entry_point: str, **kwargs):
 
 def test_load_model_and_torch_hub(family):
     files = family["files"]
-    images = torch.randn(2, 3, 64, 96)
-    entries = [("CLIP_IQA_plus", {}, "clipiqa+", dict(weights=files["openai"], prompt_weights=files["clipiqa+"])),
-               ("CLIP_IQA", {}, "clipiqa", dict(weights=files["openai"])),
+    images01 = [natural_image(96, 64, seed=seed) for seed in (4, 5)]
+    images = (torch.stack([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in images01]) - MEAN) / STD
+    openai, qualiclip = family["openai_sd"], family["qualiclip_sd"]
+    # Each entry point against the independent computation, with the text features and scale its model uses.
+    entries = [("CLIP_IQA_plus", {}, "clipiqa+", dict(weights=files["openai"], prompt_weights=files["clipiqa+"]),
+                openai, clipiqa_plus_text(openai, family["clipiqa_context"]), FIXTURE_SCALE),
+               ("CLIP_IQA", {}, "clipiqa", dict(weights=files["openai"]), openai, clipiqa_text(openai), FIXTURE_SCALE),
                ("QualiCLIP_plus", {"dataset": "clive"}, "qualiclip+clive",
-                dict(weights=files["qualiclip"], prompt_weights=files["clive"]))]
-    for entry, extra, name, options in entries:
-        model = load_model(model=name, **options)
-        assert torch.equal(_hub_load(entry, **extra, **options)(images), model(images)), entry
+                dict(weights=files["qualiclip"], prompt_weights=files["clive"]),
+                qualiclip, qualiclip_plus_text(qualiclip, family["plus"]["clive"]), FIXTURE_SCALE / 2)]
+    for entry, extra, name, options, sd, text, scale in entries:
+        expected = reference_probabilities(sd, text, scale, images01).mean(dim=1)
+        hub_scores = _hub_load(entry, **extra, **options)(images)
+        torch.testing.assert_close(hub_scores.double(), expected, atol=1e-5, rtol=0, msg=entry)
+        assert torch.equal(hub_scores, load_model(model=name, **options)(images)), entry
     scorer = _hub_load("qualiclip_scorer", preset="clipiqa+", device="cpu", weights=files["openai"],
                        prompt_weights=files["clipiqa+"])
     assert scorer.model_name == "clipiqa+" and "clipiqa+" in repr(scorer)

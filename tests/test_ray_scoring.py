@@ -337,3 +337,25 @@ def test_the_ray_driver_imports_no_torch():
     program = ("import sys; from qualiclip_infer import cli, ray_scoring, parquet_rows, results; "
                "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", program], timeout=SUBPROCESS_TIMEOUT).returncode == 0
+
+
+def test_actors_go_offline_with_the_offline_option(cluster, folder, tiny_checkpoint):
+    """``--offline`` reaches each actor: it sets ``HF_HUB_OFFLINE`` in its own process, before huggingface_hub is
+    imported there. The task removes the variable the cluster's workers inherit, so only the actor can set it."""
+    import ray
+
+    from qualiclip_infer._cli import scorer_options
+    from qualiclip_infer.cli import build_parser
+    from qualiclip_infer.ray_scoring import BatchScorer
+
+    def actor_environment(options):
+        os.environ.pop("HF_HUB_OFFLINE", None)
+        BatchScorer(options, threads=1, workers=1, base_dir=os.getcwd(), path_column="path", bytes_column=None)
+        return os.environ.get("HF_HUB_OFFLINE")
+
+    probe = ray.remote(num_cpus=1)(actor_environment)
+    seen = {}
+    for flags in ([], ["--offline"]):
+        args = build_parser().parse_args([os.fspath(folder), "--weights", os.fspath(tiny_checkpoint), *flags])
+        seen[bool(flags)] = ray.get(probe.remote(dict(scorer_options(args, None), device="cpu")), timeout=120)
+    assert seen == {False: None, True: "1"}
