@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .backends import build_backend, warn_torch_only
 from .engine import ScoreResult, iter_scores
 from .images import EncodedImage, ImageError, ImageInput, check_size, check_tensor, unsupported_input
 from .model import QualiCLIP
@@ -211,6 +212,9 @@ class QualityScorer:
             on the CPU, 16 Mpx elsewhere.
         max_image_pixels: Images with more pixels are refused (an error for that image) rather than risking the
             process running out of memory; default 48 Mpx. ``None`` disables the limit.
+        backend: ``torch``, or ``openvino``/``onnxruntime`` to run the image tower in that runtime on the CPU
+            (same scores to 1e-5 in fp32; see :mod:`qualiclip_infer.backends`). ``tokens`` maps and QualiCLIPLoss
+            stay on torch.
 
     Raises:
         WeightsNotFoundError: The weights are not available (see the message for how to get them).
@@ -235,10 +239,11 @@ class QualityScorer:
         logit_scale: Optional[float] = None,
         max_batch_pixels: Optional[int] = None,
         max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
+        backend: str = "torch",
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.device = resolve_device(device)
+        self.device = resolve_device("cpu" if backend != "torch" and str(device) == "auto" else device)
         _check_precision(precision, self.device)
         self.precision = precision
         self.batch_size = int(batch_size)
@@ -256,6 +261,8 @@ class QualityScorer:
             weights, prompts, logit_scale, model=model, prompt_weights=prompt_weights, prompt_revision=prompt_revision,
             revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, fold_into=self._memory_format)
         self.model.to(self.device, memory_format=self._memory_format)
+        self.backend = backend
+        self._runtime = build_backend(backend, self.model, device=self.device, precision=precision)
 
     def __repr__(self) -> str:
         return (f"QualityScorer(model={self.model_name!r}, weights={str(self.weights_path)!r}, "
@@ -271,6 +278,8 @@ class QualityScorer:
         Returns:
             ``(N,)`` float32 scores on the CPU.
         """
+        if self._runtime is not None:
+            return self._runtime(self._network_input(images))
         with torch.inference_mode(), self._autocast():
             return self.model(self._network_input(images)).float().cpu()
 
@@ -283,6 +292,8 @@ class QualityScorer:
         Returns:
             ``(N,)`` float32 scores and ``N x h x w`` float32 :meth:`QualiCLIP.token_scores`, on the CPU.
         """
+        if self._runtime is not None:
+            warn_torch_only(self.backend, "tokens maps")
         with torch.inference_mode(), self._autocast():
             scores, tokens = self.model.scores_and_token_scores(self._network_input(images))
             return scores.float().cpu(), tokens.float().cpu()
