@@ -24,6 +24,7 @@ from ._errors import first_line
 from ._version import __version__
 from .files import InputNotFoundError, find_images, mirrored_paths
 from .output import FORMATS, RESUMABLE_FORMATS, OutputFileError, RowWriter, choose_format, open_output, prepare_resume
+from .runtime_info import BACKENDS, PrintInfo
 
 if TYPE_CHECKING:
     from .engine import ScoreResult
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image file (scored whatever its extension), folder (searched for files with an "
                              "extension Pillow can open) or quoted glob pattern ('**' recurses)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--info", action=PrintInfo,
+                        help="print the version, whether the CPU has native bf16 and the installed backends, then exit")
 
     found = parser.add_argument_group("finding images")
     found.add_argument("--no-recursive", dest="recursive", action="store_false",
@@ -162,6 +165,9 @@ def add_scoring_options(parser: argparse.ArgumentParser, *, several_weights: boo
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     model.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                        help="fp32 (exact, default) or fp16/bf16 autocast")
+    model.add_argument("--backend", choices=BACKENDS, default="torch",
+                       help="what runs the image tower: torch (default), or openvino / onnxruntime on the CPU (same "
+                            "scores to 1e-5 in fp32; openvino also bf16); see docs/backends-and-export.md")
     model.add_argument("--batch-size", type=_positive_int, metavar="N",
                        help="most images per batch; only equal sizes share one, and on the CPU at most 0.5 Mpx "
                             "(default: 16)")
@@ -424,7 +430,7 @@ def _output_format(args: argparse.Namespace) -> str:
 def scorer_options(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str]]]) -> dict:
     """The :class:`QualityScorer` arguments the options of :func:`add_scoring_options` ask for (unset ones left out)."""
     options = dict(weights=args.weights, revision=args.revision, device=args.device, precision=args.precision,
-                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale,
+                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale, backend=args.backend,
                    max_image_pixels=None if args.max_pixels is None else round(args.max_pixels * 1e6),
                    model=getattr(args, "model", None), prompt_weights=getattr(args, "prompt_weights", None),
                    prompt_revision=getattr(args, "prompt_revision", None))

@@ -5,9 +5,10 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 from importlib.metadata import PackageNotFoundError, version
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ._version import __version__
 from .cpu_features import bf16_summary, cpu_model
@@ -36,3 +37,13 @@ def info_lines() -> List[str]:
             f"cpu: {cpu_model() or cpu}; {bf16_summary()}",
             f"backends: {backends}"]
 
+
+
+class PrintInfo(argparse.Action):
+    """``--info``: prints :func:`info_lines` and exits, like ``--version`` (no other argument is needed)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, help: Optional[str] = None):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace, values, option_string=None) -> None:
+        parser.exit(message="\n".join(info_lines()) + "\n")
