@@ -46,4 +46,5 @@ class PrintInfo(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
 
     def __call__(self, parser: argparse.ArgumentParser, namespace, values, option_string=None) -> None:
-        parser.exit(message="\n".join(info_lines()) + "\n")
+        print("\n".join(info_lines()))  # to standard output, as --version prints
+        parser.exit()
