@@ -47,13 +47,19 @@ def folder_with_broken_files(root: Path) -> List[Path]:
 
 
 def corrupt_onnx(source: Path, target: Path) -> Path:
-    """A copy of an exported file whose largest weight tensor is scaled by 1.01: it loads and runs, but scores
-    differently (as a bad conversion or a damaged download would)."""
+    """A copy of an exported file with :func:`scale_largest_weight` applied."""
     import onnx
-    from onnx import numpy_helper
 
     model = onnx.load(str(source))
-    largest = max(model.graph.initializer, key=lambda tensor: int(np.prod(tensor.dims)))
-    largest.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(largest) * np.float32(1.01), largest.name))
+    scale_largest_weight(model)
     onnx.save_model(model, str(target))
     return target
+
+
+def scale_largest_weight(model) -> None:
+    """Scales the largest weight tensor of an ONNX ``ModelProto`` by 1.01 in place: the file still loads and runs,
+    but scores differently (as a bad conversion or a damaged download would)."""
+    from onnx import numpy_helper
+
+    largest = max(model.graph.initializer, key=lambda tensor: int(np.prod(tensor.dims)))
+    largest.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(largest) * np.float32(1.01), largest.name))
