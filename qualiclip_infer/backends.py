@@ -1,7 +1,8 @@
 """Inference runtimes for the image tower on the CPU: OpenVINO and ONNX Runtime, beside torch itself.
 
 A runtime backend takes over only the image tower, the network's whole cost: the loaded (folded) tower is converted
-to an ONNX graph with dynamic batch size, height and width (:mod:`qualiclip_infer.onnx_graph`) and compiled once.
+to an ONNX graph with dynamic batch size, height and width (:mod:`qualiclip_infer.onnx_graph`), kept on disk
+(:mod:`qualiclip_infer.graph_cache`) so later runs skip the conversion, and compiled once per scorer.
 Batching by equal size, native resolution, the engine, windows maps and evaluation are unchanged, because they all
 score through :meth:`QualityScorer.score_tensor`, which hands the normalised batch to the backend.
 
@@ -20,14 +21,16 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import Callable, Optional, Set, Tuple
+from pathlib import Path
+from typing import Callable, Optional, Set, Tuple, Union
 
 import numpy as np
 import torch
 
 from .cpu_features import warn_if_bf16_is_slow
+from .graph_cache import cached_graph, discard, runtime_cache
 from .model import QualiCLIP
-from .onnx_graph import ImageTower, onnx_bytes
+from .onnx_graph import ImageTower
 from .runtime_info import BACKENDS
 
 _INSTALL = {"openvino": 'pip install "qualiclip-infer[openvino]"', "onnxruntime": 'pip install "qualiclip-infer[onnx]"'}
@@ -38,6 +41,7 @@ _INPUT, _OUTPUT = "normalized", "features"
 _warned_torch_only: Set[Tuple[str, str]] = set()
 
 Features = Callable[[np.ndarray], np.ndarray]
+Graph = Union[Path, bytes]
 
 
 class RuntimeBackend:
@@ -98,10 +102,23 @@ def build_backend(name: str, model: QualiCLIP, *, device: torch.device, precisio
         offered = " or ".join(_PRECISIONS[name])
         raise ValueError(f"precision {precision!r} is not available with backend {name!r} (use {offered})")
     threads = threads or torch.get_num_threads()
-    graph = onnx_bytes(ImageTower(model), _INPUT, _OUTPUT)
     if name == "openvino":
-        return RuntimeBackend(name, model, _openvino_features(graph, _PRECISIONS[name][precision], threads))
-    return RuntimeBackend(name, model, _onnxruntime_features(graph, threads))
+        hint = _PRECISIONS[name][precision]
+        return RuntimeBackend(name, model, _compile(model, lambda graph: _openvino_features(graph, hint, threads)))
+    return RuntimeBackend(name, model, _compile(model, lambda graph: _onnxruntime_features(graph, threads)))
+
+
+def _compile(model: QualiCLIP, compile_graph: Callable[[Graph], Features]) -> Features:
+    """Compiles the tower's cached graph; one the runtime cannot read (a damaged entry) is converted and cached anew."""
+    tower = ImageTower(model)
+    graph = cached_graph(tower, _INPUT, _OUTPUT)
+    try:
+        return compile_graph(graph)
+    except Exception:  # the runtimes raise their own classes for unreadable files
+        if not isinstance(graph, Path):
+            raise
+        discard(graph)
+        return compile_graph(cached_graph(tower, _INPUT, _OUTPUT))
 
 
 def require_backend(name: str) -> None:
@@ -134,11 +151,17 @@ def _import_runtime(name: str):
         raise ImportError(f"backend {name!r} needs the {name} package: {_INSTALL[name]}") from error
 
 
-def _openvino_features(graph: bytes, hint: str, threads: int) -> Features:
+def _openvino_features(graph: Graph, hint: str, threads: int) -> Features:
     openvino = _import_runtime("openvino")
     core = openvino.Core()
-    compiled = core.compile_model(core.read_model(graph, b""), "CPU", {
-        "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    options = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    cache = runtime_cache(graph, "openvino")
+    if cache is not None:
+        # OpenVINO's own cache of the compiled model: 0.3 s to load instead of 1 s to compile (RN50, 2 cores).
+        options["CACHE_DIR"] = str(cache)
+        compiled = core.compile_model(str(graph), "CPU", options)
+    else:
+        compiled = core.compile_model(core.read_model(graph, b""), "CPU", options)
     request = compiled.create_infer_request()
 
     def features(array: np.ndarray) -> np.ndarray:
@@ -147,12 +170,13 @@ def _openvino_features(graph: bytes, hint: str, threads: int) -> Features:
     return features
 
 
-def _onnxruntime_features(graph: bytes, threads: int) -> Features:
+def _onnxruntime_features(graph: Graph, threads: int) -> Features:
     onnxruntime = _import_runtime("onnxruntime")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    source = str(graph) if isinstance(graph, Path) else graph
+    session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
     def features(array: np.ndarray) -> np.ndarray:
         return session.run(None, {_INPUT: array})[0]

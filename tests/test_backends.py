@@ -12,7 +12,6 @@ import pytest
 import torch
 from helpers_backends import CUSTOM_PROMPTS, folder_with_broken_files, image_batches, write_plus_prompt_file
 
-import qualiclip_infer.backends as backends
 from qualiclip_infer import QualityScorer
 
 RUNTIMES = ("openvino", "onnxruntime")
@@ -166,3 +165,44 @@ def test_openvino_bf16_stays_close_to_fp32(tiny_checkpoint, one_thread):
         warnings.simplefilter("ignore")  # on a CPU without native bf16
         bf16 = QualityScorer(tiny_checkpoint, backend="openvino", precision="bf16").score_tensor(batch)
     assert (bf16 - fp32).abs().max() < 0.05
+
+
+def test_the_graph_is_converted_once_and_a_damaged_cache_entry_is_replaced(tiny_checkpoint, monkeypatch, one_thread):
+    from qualiclip_infer import graph_cache
+
+    conversions = []
+    real_convert = graph_cache.onnx_bytes
+    monkeypatch.setattr(graph_cache, "onnx_bytes", lambda *a: conversions.append(1) or real_convert(*a))
+    batch = image_batches()[1]
+    expected = QualityScorer(tiny_checkpoint, device="cpu").score_tensor(batch)
+    for backend in RUNTIMES:
+        torch.testing.assert_close(QualityScorer(tiny_checkpoint, backend=backend).score_tensor(batch), expected,
+                                   atol=TOLERANCE, rtol=0)
+    assert len(conversions) == 1  # the second backend and any later scorer read the cached file
+    (entry,) = graph_cache.backend_cache_dir().iterdir()
+    (entry / graph_cache.GRAPH_FILE).write_bytes(b"damaged")
+    for backend in RUNTIMES:
+        torch.testing.assert_close(QualityScorer(tiny_checkpoint, backend=backend).score_tensor(batch), expected,
+                                   atol=TOLERANCE, rtol=0)
+    assert len(conversions) == 2  # the damaged entry was converted anew, once, and cached again
+
+
+def test_an_unwritable_cache_falls_back_to_converting_in_memory(tiny_checkpoint, tmp_path, monkeypatch, one_thread):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("QUALICLIP_INFER_CACHE", str(blocker))
+    batch = image_batches()[2]
+    torch.testing.assert_close(QualityScorer(tiny_checkpoint, backend="openvino").score_tensor(batch),
+                               QualityScorer(tiny_checkpoint, device="cpu").score_tensor(batch), atol=TOLERANCE, rtol=0)
+
+
+def test_another_network_gets_another_cache_entry(tiny_checkpoint, tmp_path):
+    from conftest import TINY_CONFIG, write_checkpoint
+
+    from qualiclip_infer.graph_cache import graph_key
+    from qualiclip_infer.onnx_graph import ImageTower
+
+    other = write_checkpoint(tmp_path / "other.pth", TINY_CONFIG, seed=5)
+    keys = {graph_key(ImageTower(QualityScorer(path, device="cpu").model)) for path in (tiny_checkpoint, other)}
+    assert len(keys) == 2
+    assert graph_key(ImageTower(QualityScorer(tiny_checkpoint, device="cpu").model)) in keys
