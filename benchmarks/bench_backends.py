@@ -9,6 +9,10 @@ Sets: ``A × 224²`` and ``B × 1024×768`` JPEGs, and a mixed folder of ``C`` p
 1024x768, both orientations) in four kinds: clean, Gaussian-blurred, noisy and JPEG quality 10, so bf16's agreement
 is measured on degraded photos too. The checkpoint is a full-size RN50 with random weights (``conftest``).
 
+``--steady`` measures the same runners' image tower + head in one process instead (``score_tensor`` on a prepared
+batch, runners interleaved, median of 5 calls): 224² in batches of 8 and 1024×768 one at a time, free of start-up
+and decoding, and much less disturbed by other load than whole runs are. It runs alone (no folder sets).
+
 ``--shapes`` adds an in-process comparison on the mixed sizes of the two ways to compile for varying sizes with
 OpenVINO: one model with dynamic height and width (what the backend does) against a fixed-shape model compiled per
 size; it reports the compile time, the first image of each size and the steady state.
@@ -59,6 +63,9 @@ def main() -> None:
     args = _parse_args()
     load = os.getloadavg()
     checkpoint, config = bench_score._checkpoint(Path(args.workdir) / "rn50.pth")
+    if args.steady:
+        print(_steady_report(_steady(checkpoint, args.threads), args, load))
+        return
     counts = dict(zip(("fixed224", "fixed1024", "mixed"), args.counts))
     sets = {
         f"{counts['fixed224']} × 224²": bench_score._photos(Path(args.workdir) / f"224_{counts['fixed224']}", 224,
@@ -95,6 +102,7 @@ def _parse_args() -> argparse.Namespace:
                         help="photos in the 224², 1024×768 and mixed sets")
     parser.add_argument("--repeats", type=int, default=1, help="runs per runner and set; medians are reported")
     parser.add_argument("--bf16", action="store_true", help="run the bf16 runners even without native bf16")
+    parser.add_argument("--steady", action="store_true", help="only the in-process steady-state comparison")
     parser.add_argument("--shapes", action="store_true", help="also compare dynamic vs per-size OpenVINO models")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of the --shapes comparison")
     parser.add_argument("--workdir", default="/tmp/qualiclip-bench", help="checkpoint and photos")
@@ -159,6 +167,66 @@ def _compare_shape_strategies(checkpoint: Path, threads: int) -> List[Tuple[str,
     return rows
 
 
+def _steady(checkpoint: Path, threads: int) -> Dict[str, Dict[str, Tuple[float, float]]]:
+    """``{batch: {runner: (s per image, largest difference to torch fp32)}}``, runners interleaved call by call."""
+    import torch
+
+    from qualiclip_infer import QualityScorer
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("QUALICLIP_INFER_CACHE", str(Path(checkpoint).parent / "cache"))
+    scorers = {}
+    for runner, options in RUNNERS.items():
+        if options is not None and ("bf16" not in runner or has_native_bf16()):
+            backend, precision = options[1], options[3] if len(options) > 3 else "fp32"
+            scorers[runner] = QualityScorer(checkpoint, device="cpu", backend=backend, precision=precision)
+    helpers = bench_score._test_helpers()
+    batches = {"224² × 8": (224, 224, 8), "1024×768 × 1": (1024, 768, 1)}
+    results: Dict[str, Dict[str, Tuple[float, float]]] = {}
+    for name, (width, height, count) in batches.items():
+        images = torch.stack([torch.from_numpy(helpers.natural_image(width, height, seed=i)).permute(2, 0, 1)
+                              for i in range(count)]).float() / 255
+        expected = scorers[BASELINE].score_tensor(images)
+        times: Dict[str, List[float]] = {runner: [] for runner in scorers}
+        differences = {runner: float((scorer.score_tensor(images) - expected).abs().max())  # also the warm-up
+                       for runner, scorer in scorers.items()}
+        for _ in range(5):
+            for runner, scorer in scorers.items():
+                started = time.perf_counter()
+                scorer.score_tensor(images)
+                times[runner].append((time.perf_counter() - started) / count)
+        results[name] = {runner: (statistics.median(times[runner]), differences[runner]) for runner in scorers}
+    return results
+
+
+def _steady_report(results: Dict[str, Dict[str, Tuple[float, float]]], args: argparse.Namespace, load) -> str:
+    lines = _header(args, load, "medians of 5 calls") + [
+        "", "| batch | runner | s/image | speed-up over torch fp32 | largest difference to torch fp32 |",
+        "|---|---|---:|---:|---:|"]
+    for name, by_runner in results.items():
+        base = by_runner[BASELINE][0]
+        for runner, (seconds, difference) in by_runner.items():
+            lines.append(f"| {name} | {runner} | {seconds:.3f} | {base / seconds:.2f}× | {difference:.1e} |")
+    lines.append(f"\nLoad average at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}.")
+    return "\n".join(lines)
+
+
+def _header(args: argparse.Namespace, load, how: str) -> List[str]:
+    import openvino
+    import onnxruntime
+    import torch
+
+    return [
+        "## Inference-runtime backends and bf16 (issue 21, `benchmarks/bench_backends.py`)",
+        "",
+        f"- Machine: {bench_score._cpu_model()}, {os.cpu_count()} logical CPUs; {bf16_summary()}",
+        f"- Date: {datetime.date.today().isoformat()}; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"OpenVINO {openvino.__version__}, ONNX Runtime {onnxruntime.__version__}",
+        f"- Command: `python benchmarks/bench_backends.py {' '.join(sys.argv[1:])}`; {how}, runners alternating; "
+        f"load average at the start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
+    ]
+
+
 def _timed(compiled, image: np.ndarray) -> Tuple[float, float]:
     """The first call's time and the median of three more."""
     started = time.perf_counter()
@@ -174,19 +242,8 @@ def _timed(compiled, image: np.ndarray) -> Tuple[float, float]:
 
 def _report(results: Dict[str, Dict[str, List[dict]]], shapes, cold: Dict[str, float], args: argparse.Namespace,
             load) -> str:
-    import openvino
-    import onnxruntime
-    import torch
-
     median = bench_score._median
-    lines = [
-        "## Inference-runtime backends and bf16 (issue 21, `benchmarks/bench_backends.py`)",
-        "",
-        f"- Machine: {bench_score._cpu_model()}, {os.cpu_count()} logical CPUs; {bf16_summary()}",
-        f"- Date: {datetime.date.today().isoformat()}; Python {platform.python_version()}, torch {torch.__version__}, "
-        f"OpenVINO {openvino.__version__}, ONNX Runtime {onnxruntime.__version__}",
-        f"- Command: `python benchmarks/bench_backends.py {' '.join(sys.argv[1:])}`; medians of {args.repeats} "
-        f"run(s), runners alternating; load average at the start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
+    lines = _header(args, load, f"medians of {args.repeats} run(s)") + [
         "",
         "| photos | runner | first row s | wall s | rows/s after the first | speed-up over torch fp32 (rows/s) | "
         "wall vs torch fp32 | peak RSS MB | largest difference to torch fp32 | SRCC vs torch fp32 | "

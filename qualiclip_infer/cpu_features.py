@@ -81,7 +81,7 @@ def bf16_summary() -> str:
     if flags is None:
         return "native bf16: unknown (no /proc/cpuinfo and no torch CPU probe)"
     if flags:
-        return f"native bf16: yes ({', '.join(flags)}); --precision bf16 is about 2x faster than fp32 on such CPUs"
+        return f"native bf16: yes ({', '.join(flags)}); --precision bf16 ran about 2x faster than fp32 on such a CPU"
     return "native bf16: no (neither AVX512_BF16 nor AMX); --precision bf16 would be slower than fp32 here"
 
 
