@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from typing import TYPE_CHECKING, Callable, List, NoReturn, Optional, Sequence, Tuple, Type
 
-from .constants import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS, PRECISIONS, default_workers
+from .constants import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS, PRECISIONS, default_workers
 from .deadline_pool import current_label
 from .extras import MissingExtraError
 from .hub import go_offline
@@ -208,6 +208,20 @@ def add_scoring_options(parser: argparse.ArgumentParser, *, several_weights: boo
         parser: The parser to extend.
         several_weights: ``--weights`` may be repeated (a list), for commands that compare models.
     """
+    model = add_model_options(parser, several_weights=several_weights)
+    _add_run_options(model)
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, several_weights: bool = False) -> argparse._ArgumentGroup:
+    """Adds the options that choose the model and its weights (``qualiclip-export`` has these only).
+
+    Args:
+        parser: The parser to extend.
+        several_weights: ``--weights`` may be repeated (a list), for commands that compare models.
+
+    Returns:
+        The option group, for more options.
+    """
     names = list(PRESETS)
     model = parser.add_argument_group("model")
     if several_weights:
@@ -230,25 +244,32 @@ def add_scoring_options(parser: argparse.ArgumentParser, *, several_weights: boo
     model.add_argument("--prompt-revision", metavar="REVISION", help="Hub branch, tag or commit of --prompt-weights")
     model.add_argument("--offline", action="store_true",
                        help="never use the network: the weights must be a local file or already cached")
-    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    model.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                       help="fp32 (exact, default) or fp16/bf16 autocast")
-    model.add_argument("--batch-size", type=positive_int, metavar="N",
-                       help=f"most images per batch; only equal sizes share one, and on the CPU at most 0.5 Mpx "
-                            f"(default: {DEFAULT_BATCH_SIZE})")
     model.add_argument("--prompts", metavar="FILE",
                        help="custom prompt pairs, one 'positive | negative' per line ('#' starts a comment line)")
     model.add_argument("--logit-scale", type=positive_float, metavar="X",
                        help="scale of the cosine similarities (default: the model's; 100 for qualiclip)")
+    model.add_argument("--threads", type=positive_int, metavar="N",
+                       help="torch CPU threads (default: torch's choice, one per core); lower it on a shared "
+                            "machine, where threads waiting for each other at every layer slow everything down")
+    return model
+
+
+def _add_run_options(model: argparse._ArgumentGroup) -> None:
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    model.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="fp32 (exact, default) or fp16/bf16 autocast")
+    model.add_argument("--backend", choices=BACKENDS, default="torch",
+                       help="what runs the image tower: torch (default), or openvino / onnxruntime on the CPU (same "
+                            "scores to 1e-5 in fp32; openvino also bf16); see docs/backends-and-export.md")
+    model.add_argument("--batch-size", type=positive_int, metavar="N",
+                       help=f"most images per batch; only equal sizes share one, and on the CPU at most 0.5 Mpx "
+                            f"(default: {DEFAULT_BATCH_SIZE})")
     model.add_argument("--max-pixels", type=positive_float, metavar="MPX",
                        help=f"refuse images over MPX megapixels (an error row) instead of risking running out of "
                             f"memory; activations cost about 200 MiB per megapixel in fp32 "
                             f"(default: {DEFAULT_MAX_IMAGE_PIXELS / 1e6:g})")
     model.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                        help="image decoding threads (default: number of available CPUs, at most 8)")
-    model.add_argument("--threads", type=positive_int, metavar="N",
-                       help="torch CPU threads (default: torch's choice, one per core); lower it on a shared "
-                            "machine, where threads waiting for each other at every layer slow everything down")
 
 
 def apply_offline(args: argparse.Namespace) -> None:
@@ -258,10 +279,14 @@ def apply_offline(args: argparse.Namespace) -> None:
 
 
 def scorer_options(args: argparse.Namespace, prompts: Optional[Sequence[Tuple[str, str]]]) -> dict:
-    """The :class:`QualityScorer` arguments the options of :func:`add_scoring_options` ask for (unset ones left out)."""
-    options = dict(weights=args.weights, revision=args.revision, device=args.device, precision=args.precision,
-                   prompts=prompts, batch_size=args.batch_size, logit_scale=args.logit_scale,
-                   max_image_pixels=None if args.max_pixels is None else round(args.max_pixels * 1e6),
+    """The :class:`QualityScorer` arguments the options of :func:`add_scoring_options` (or only
+    :func:`add_model_options`) ask for; unset ones are left out."""
+    backend, max_pixels = getattr(args, "backend", "torch"), getattr(args, "max_pixels", None)
+    options = dict(weights=args.weights, revision=args.revision, device=getattr(args, "device", None),
+                   precision=getattr(args, "precision", None), prompts=prompts,
+                   batch_size=getattr(args, "batch_size", None), logit_scale=args.logit_scale,
+                   backend=None if backend == "torch" else backend,
+                   max_image_pixels=None if max_pixels is None else round(max_pixels * 1e6),
                    model=getattr(args, "model", None), prompt_weights=getattr(args, "prompt_weights", None),
                    prompt_revision=getattr(args, "prompt_revision", None),
                    calibration=getattr(args, "calibration", None))

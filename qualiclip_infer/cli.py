@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image file (scored whatever its extension), folder (searched for files with an "
                              "extension Pillow can open) or quoted glob pattern ('**' recurses)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--info", action=PrintInfo,
+                        help="print the version, whether the CPU has native bf16 and the installed backends, then exit")
 
     found = parser.add_argument_group("finding images")
     found.add_argument("--no-recursive", dest="recursive", action="store_false",
@@ -111,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--gpus-per-actor", type=positive_float, metavar="X",
                          help="with --ray: GPUs per actor; 0.25 packs four actors onto each GPU (default: none)")
     return parser
+
+
+class PrintInfo(argparse.Action):
+    """``--info``: prints :func:`info_lines` and exits, like ``--version`` (no other argument is needed)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, help: Optional[str] = None):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace, values, option_string=None) -> None:
+        from .runtime_info import info_lines
+
+        print("\n".join(info_lines()))  # to standard output, as --version prints
+        parser.exit()
 
 
 def _actors(text: str) -> Union[int, Tuple[int, int]]:

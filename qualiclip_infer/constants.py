@@ -33,6 +33,9 @@ MAP_METHODS = ("windows", "tokens")
 # device that never answers). A healthy 48 Mpx photo decodes in well under a second.
 DEFAULT_READ_TIMEOUT = 30.0
 
+# The backend names of QualityScorer(backend=...) and --backend; each but torch is also the name of its package.
+BACKENDS = ("torch", "openvino", "onnxruntime")
+
 PRECISIONS = ("fp32", "fp16", "bf16")
 # Decoding threads are capped here: beyond 8, Pillow's decoders outrun any CPU model.
 MAX_DEFAULT_WORKERS = 8

@@ -47,6 +47,7 @@ CLIPIQA_PROMPT_PAIRS: Tuple[PromptPair, ...] = (
 CLIPIQA_PLUS_PROMPT_PAIRS: Tuple[PromptPair, ...] = (("Good photo..", "Bad photo.."),)
 
 TextSide = Literal["stored", "encoded", "learned"]
+QUALICLIP_LICENCE = "CC BY-NC 4.0 (the QualiCLIP authors' weights; non-commercial use only)"
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class Preset:
         prompt_file: Default Hub file of the learned context (``learned`` only).
         temperature: The logit scale is ``exp(logit_scale) / temperature`` with the weights file's stored
             ``logit_scale``, as pyiqa computes it; ``None`` keeps the official model's fixed scale of 100.
+        licence: The licence of the published files (docs/presets.md, "Licences"); a checkpoint fine-tuned from
+            them inherits it. Written into exported ONNX files.
     """
 
     name: str
@@ -73,6 +76,7 @@ class Preset:
     pairs: Tuple[PromptPair, ...]
     prompt_file: Optional[HubFile] = None
     temperature: Optional[float] = None
+    licence: str = QUALICLIP_LICENCE
 
     def check_options(self, prompts: Optional[Tuple[PromptPair, ...]], prompt_weights: object,
                       prompt_revision: Optional[str]) -> None:
@@ -110,10 +114,11 @@ PRESETS: Dict[str, Preset] = {preset.name: preset for preset in (
     _qualiclip_plus("flive", "FLIVE"),
     _qualiclip_plus("spaq", "SPAQ"),
     Preset("clipiqa", "CLIP-IQA: stock OpenAI CLIP RN50 with antonym prompts (zero-shot)", OPENAI_RN50_FILE,
-           "encoded", CLIPIQA_PROMPT_PAIRS, temperature=1.0),
+           "encoded", CLIPIQA_PROMPT_PAIRS, temperature=1.0, licence="MIT (OpenAI CLIP RN50)"),
     Preset("clipiqa+", "CLIP-IQA+: OpenAI CLIP RN50 with a prompt context learned on KonIQ-10k MOS",
            OPENAI_RN50_FILE, "learned", CLIPIQA_PLUS_PROMPT_PAIRS,
-           HubFile(DEFAULT_REPO_ID, "CLIP-IQA+_learned_prompts-603f3273.pth"), temperature=1.0),
+           HubFile(DEFAULT_REPO_ID, "CLIP-IQA+_learned_prompts-603f3273.pth"), temperature=1.0,
+           licence="MIT (OpenAI CLIP RN50); learned prompts: no licence stated, treat as non-commercial"),
 )}
 
 

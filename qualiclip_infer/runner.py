@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 import torch
 
 from .constants import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_PIXELS, DEFAULT_MAX_BATCH_PIXELS_CPU, DEFAULT_MAX_IMAGE_PIXELS
+from .backends import build_backend, warn_torch_only
 from .devices import autocast, check_precision
 from .model import QualiCLIP
 
@@ -45,14 +46,16 @@ class BatchRunner:
         max_batch_pixels: Cap on pixels in one batch beyond its first image; ``None``: 0.5 Mpx on the CPU, 16 Mpx
             elsewhere.
         max_image_pixels: Images with more pixels are refused; ``None`` disables the limit.
+        backend: ``torch``, or ``openvino``/``onnxruntime`` to run the image tower in that runtime on the CPU
+            (:mod:`~qualiclip_infer.backends`); the score head stays in torch fp32.
 
     Attributes:
-        model, device, precision, batch_size, max_batch_pixels, max_image_pixels: As given (caps resolved).
+        model, device, precision, batch_size, max_batch_pixels, max_image_pixels, backend: As given (caps resolved).
     """
 
     def __init__(self, model: QualiCLIP, device: torch.device, *, precision: str = "fp32",
                  batch_size: int = DEFAULT_BATCH_SIZE, max_batch_pixels: Optional[int] = None,
-                 max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS):
+                 max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS, backend: str = "torch"):
         check_precision(precision, device)
         check_batch_options(batch_size, max_batch_pixels, max_image_pixels)
         self.device = device
@@ -64,6 +67,8 @@ class BatchRunner:
         self.max_image_pixels = None if max_image_pixels is None else int(max_image_pixels)
         self._memory_format = network_memory_format(device)
         self.model = model.to(device, memory_format=self._memory_format)
+        self.backend = backend
+        self._runtime = build_backend(backend, self.model, device=device, precision=precision)
 
     def score_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """Scores one batch of equally sized images, with no checks (for your own data pipelines).
@@ -74,6 +79,8 @@ class BatchRunner:
         Returns:
             ``(N,)`` float32 scores on the CPU.
         """
+        if self._runtime is not None:
+            return self._runtime(self._network_input(images))
         with torch.inference_mode(), autocast(self.precision, self.device):
             return self.model(self._network_input(images)).float().cpu()
 
@@ -86,6 +93,8 @@ class BatchRunner:
         Returns:
             ``(N,)`` float32 scores and ``N x h x w`` float32 :meth:`QualiCLIP.token_scores`, on the CPU.
         """
+        if self._runtime is not None:
+            warn_torch_only(self.backend, "tokens maps")
         with torch.inference_mode(), autocast(self.precision, self.device):
             scores, tokens = self.model.scores_and_token_scores(self._network_input(images))
             return scores.float().cpu(), tokens.float().cpu()

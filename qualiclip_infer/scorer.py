@@ -65,6 +65,9 @@ class QualityScorer(BatchRunner):
             on the CPU, 16 Mpx elsewhere.
         max_image_pixels: Images with more pixels are refused (an error for that image) rather than risking the
             process running out of memory; default 48 Mpx. ``None`` disables the limit.
+        backend: ``torch``, or ``openvino``/``onnxruntime`` to run the image tower in that runtime on the CPU
+            (same scores to 1e-5 in fp32; see :mod:`qualiclip_infer.backends`). ``tokens`` maps and QualiCLIPLoss
+            stay on torch; with ``device="auto"`` such a backend runs on the CPU.
         calibration: A :class:`~qualiclip_infer.calibration.Calibration` or its JSON file: :meth:`iter_scores`
             results then carry ``mos`` and ``percentile`` on that dataset's scale. It must have been fitted for this
             model and these settings.
@@ -93,10 +96,11 @@ class QualityScorer(BatchRunner):
         logit_scale: Optional[float] = None,
         max_batch_pixels: Optional[int] = None,
         max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
+        backend: str = "torch",
         calibration: Union[Calibration, str, os.PathLike, None] = None,
     ):
         # Everything that can be checked without the weights is, before any download.
-        resolved = resolve_device(device)
+        resolved = resolve_device("cpu" if backend != "torch" and str(device) == "auto" else device)
         check_precision(precision, resolved)
         check_batch_options(batch_size, max_batch_pixels, max_image_pixels)
         self.model_name = model
@@ -105,7 +109,7 @@ class QualityScorer(BatchRunner):
             revision=revision, prompt_revision=prompt_revision, cache_dir=cache_dir,
             local_files_only=local_files_only, fold_into=network_memory_format(resolved))
         super().__init__(network, resolved, precision=precision, batch_size=batch_size,
-                         max_batch_pixels=max_batch_pixels, max_image_pixels=max_image_pixels)
+                         max_batch_pixels=max_batch_pixels, max_image_pixels=max_image_pixels, backend=backend)
         self.calibration = None if calibration is None else checked_calibration(calibration, self)
 
     def __repr__(self) -> str:

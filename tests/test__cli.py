@@ -14,7 +14,8 @@ from qualiclip_infer import _cli
 from qualiclip_infer.files import UnlistableFolderWarning, _report_unlistable
 
 COMMANDS = {"qualiclip-score": "qualiclip_infer", "qualiclip-eval": "qualiclip_infer.eval",
-            "qualiclip-train": "qualiclip_infer.train", "qualiclip-report": "qualiclip_infer.report"}
+            "qualiclip-train": "qualiclip_infer.train", "qualiclip-report": "qualiclip_infer.report",
+            "qualiclip-export": "qualiclip_infer.export_cli"}
 
 
 @pytest.mark.parametrize("parse, text, value", [
@@ -91,7 +92,8 @@ def test_every_command_reports_a_bad_number_on_one_line(command, tmp_path):
     argv = {"qualiclip-score": ["x.jpg", "--batch-size", "0"],
             "qualiclip-eval": ["mos.csv", "-o", "r.json", "--batch-size", "0"],
             "qualiclip-train": ["fit", "--images", str(tmp_path), "--out", "m.pth", "--batch-size", "0"],
-            "qualiclip-report": ["scores.csv", "--workers", "0"]}[command]
+            "qualiclip-report": ["scores.csv", "--workers", "0"],
+            "qualiclip-export": ["out.onnx", "--threads", "0"]}[command]
     result = subprocess.run([sys.executable, "-m", COMMANDS[command], *argv], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == _cli.EXIT_USAGE
@@ -113,7 +115,7 @@ def test_every_command_documents_the_shared_exit_statuses(command):
 
 
 @pytest.mark.parametrize("module", ["qualiclip_infer.cli", "qualiclip_infer.eval.cli", "qualiclip_infer.train.cli",
-                                    "qualiclip_infer.report.cli"])
+                                    "qualiclip_infer.report.cli", "qualiclip_infer.export_cli"])
 def test_every_command_parses_its_arguments_without_torch(module):
     """``--help`` and usage errors stay instant: no command imports torch, open_clip or huggingface_hub before it
     has parsed its arguments (qualiclip-train --help took 3-4.7 s when it did)."""

@@ -157,7 +157,7 @@ def test_truncated_file_found_at_decode_spares_its_batch(scorer, tmp_path):
 
 
 def _text_features(tiny_checkpoint, texts):
-    from conftest import TINY_CONFIG
+    from helpers import TINY_CONFIG
 
     clip = open_clip.CLIP(**TINY_CONFIG).eval()
     clip.load_state_dict(read_checkpoint(tiny_checkpoint)[0])
