@@ -24,6 +24,7 @@ from ._errors import first_line
 from ._version import __version__
 from .files import InputNotFoundError, find_images, mirrored_paths
 from .output import FORMATS, RESUMABLE_FORMATS, OutputFileError, RowWriter, choose_format, open_output, prepare_resume
+from .sources import SourceError, SourcePlan, plan_sources
 
 if TYPE_CHECKING:
     from .engine import ScoreResult
@@ -65,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     found.add_argument("--shard", type=parse_shard, metavar="K/N",
                        help="score only shard K of N (1 <= K <= N), chosen by a hash of each path, so N machines "
                             "can split a collection")
+    found.add_argument("--image-col", metavar="NAME",
+                       help="Parquet inputs: the column of encoded images (default: the first binary column among "
+                            "jpg, png, webp, image, bytes; a Hugging Face {bytes, path} struct too)")
+    found.add_argument("--id-col", action="append", metavar="NAME",
+                       help="Parquet inputs: a column carried into the rows; repeat for several (default: key when "
+                            "present, else the row number)")
 
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", metavar="FILE", help="write rows to FILE instead of standard output")
@@ -336,6 +343,13 @@ def _run(args: argparse.Namespace) -> int:
         # huggingface_hub reads this once, on import: set before anything imports it.
         os.environ["HF_HUB_OFFLINE"] = "1"
     prompts = read_prompts(args.prompts) if args.prompts else None
+    try:  # tar shards and Parquet files (docs/datasets.md) are read entry by entry, with extra columns
+        plan = plan_sources(args.paths, recursive=args.recursive, hidden=args.hidden, image_col=args.image_col,
+                            id_cols=args.id_col)
+    except (InputNotFoundError, SourceError) as error:
+        raise UsageError(str(error)) from None
+    if plan is not None:
+        return _run_sources(args, plan, fmt, prompts)
     try:
         if args.ray is not None:
             from .distributed import find_inputs  # also lists s3://, gs://... URIs
@@ -385,6 +399,40 @@ def _run(args: argparse.Namespace) -> int:
     if args.summary:
         print(summary(scores, failures), file=sys.stderr)
     return EXIT_FAILURES if failures or (maps and maps.failures) else EXIT_OK
+
+
+def _run_sources(args: argparse.Namespace, plan: SourcePlan, fmt: str,
+                 prompts: Optional[List[Tuple[str, str]]]) -> int:
+    """Scores tar shards and Parquet files (and images beside them) entry by entry; rows carry the extra columns."""
+    from .sources import score_entries
+    from .sources.rows import SourceParquetWriter, SourceRowWriter, prepare_source_resume
+
+    if args.ray is not None or args.maps:
+        raise UsageError("--ray and --maps take image files, not tar shards or Parquet files")
+    if args.shard:  # whole shard and Parquet files, so each machine streams its own files
+        plan = plan.select(lambda path: in_shard(path, *args.shard))
+    try:
+        extra = plan.extra_columns()
+        finished, has_content = prepare_source_resume(args.output, fmt, extra) if args.resume else (set(), False)
+    except (SourceError, OutputFileError) as error:
+        raise UsageError(str(error)) from None
+    if finished and not args.quiet:
+        print(f"{PROG}: resuming: {len(finished)} images already in {args.output}", file=sys.stderr)
+    rows = score_entries(_load_scorer(args, prompts), plan.entries(skip=finished), workers=args.workers)
+    try:
+        stream = None if fmt == "parquet" else open_output(args.output, append=args.resume)
+        writer = (SourceParquetWriter(args.output, extra) if stream is None
+                  else SourceRowWriter(stream, fmt, extra, header=not has_content))
+    except (OutputFileError, OSError) as error:
+        raise UsageError(first_line(error)) from None
+    try:
+        scores, failures = _score_and_write(rows, None, args, writer)
+    finally:
+        if stream is not None and stream is not sys.stdout:
+            stream.close()
+    if args.summary:
+        print(summary(scores, failures), file=sys.stderr)
+    return EXIT_FAILURES if failures else EXIT_OK
 
 
 def _output_format(args: argparse.Namespace) -> str:

@@ -1,0 +1,91 @@
+"""Building WebDataset shards and Parquet files of encoded images for the source and filter tests."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+from PIL import Image
+
+from conftest import natural_image
+
+Members = List[Tuple[str, bytes]]
+
+
+def jpeg_bytes(seed: int, width: int = 64, height: int = 48) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(natural_image(width, height, seed=seed)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def png_bytes(seed: int, width: int = 64, height: int = 48) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(natural_image(width, height, seed=seed)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sample_members(key: str, seed: int, image: bytes = b"") -> Members:
+    """A WebDataset sample as img2dataset writes it: ``KEY.jpg``, ``KEY.json``, ``KEY.txt``."""
+    return [(f"{key}.jpg", image or jpeg_bytes(seed)),
+            (f"{key}.json", json.dumps({"key": key, "url": f"http://example.com/{key}.jpg"}).encode()),
+            (f"{key}.txt", f"caption {key}".encode())]
+
+
+def tar_bytes(members: Members) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_700_000_000
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def write_tar(path: Path, members: Members, *, gzipped: bool = False) -> Path:
+    data = tar_bytes(members)
+    path.write_bytes(gzip.compress(data, mtime=0) if gzipped else data)
+    return path
+
+
+def member_offset(members: Members, index: int) -> int:
+    """Where member ``index``'s data starts in :func:`tar_bytes` (PAX headers make it vary; found by search)."""
+    data = tar_bytes(members)
+    return data.index(members[index][1])
+
+
+def read_tar(path: Path) -> Members:
+    with tarfile.open(path) as archive:
+        return [(member.name, archive.extractfile(member).read()) for member in archive if member.isfile()]
+
+
+def write_parquet(path: Path, columns: Dict[str, list], row_group_size: int = 1_000_000) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+    return path
+
+
+def csv_rows(path: Path) -> List[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def file_bytes(paths: Iterable[Path]) -> Dict[str, bytes]:
+    return {str(path): path.read_bytes() for path in paths}
+
+
+def extract_images(members: Members, folder: Path, names: Sequence[str]) -> Dict[str, Path]:
+    """The named members written as plain files (the folder the scores must equal)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = dict(members)
+    out = {}
+    for name in names:
+        out[name] = folder / name.replace("/", "_")
+        out[name].write_bytes(data[name])
+    return out
