@@ -1,0 +1,388 @@
+"""Keeping or dropping samples by score: the thresholds, and writing the filtered dataset (``qualiclip-filter``).
+
+A *unit* is what is kept or dropped whole: a WebDataset sample (every member sharing a key; its score is the lowest
+score of its image members), a Parquet row, or an image file. Inputs are read twice, never changed: once to score
+each unit (from a scores file or the scores given), once to write the kept units, in input order, to new files:
+
+- tar shards ``OUT/00000.tar``, ``OUT/00001.tar``... of ``shard_size`` samples, every member kept and the score
+  added to the sample's ``.json`` under ``score_key`` (a ``KEY.json`` is added where a sample has none);
+- Parquet files ``OUT/00000.parquet``... of ``shard_size`` rows with a ``score_key`` column;
+- ``OUT/kept-paths.txt``: the kept image files, one path a line;
+- ``OUT/manifest.json`` (counts, the rule and the threshold actually used, the files written) and ``OUT/failed.csv``
+  (units that could not be scored: never kept, counted as failed).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import os
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+from ._errors import first_line
+from .distributed import is_uri
+from .sources.entries import SourceError
+from .sources.patterns import SourcePlan, open_input
+from .sources.tar import Sample, is_image_member, iter_samples
+
+SCORE_KEY = "qualiclip"
+SHARD_SIZE = 10_000
+_PARQUET_GROUP_ROWS = 10_000
+Saved = Tuple[Optional[float], str]  # a score, or None and why
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What is kept: scores within ``[min_score, max_score]`` (either may be ``None``), or the best
+    ``keep_fraction`` of the scored units by rank (``round(keep_fraction * scored)`` units, ties broken by input
+    order so the count is exact)."""
+
+    min_score: Optional[float] = None
+    max_score: Optional[float] = None
+    keep_fraction: Optional[float] = None
+
+    def check(self) -> None:
+        """Raises :class:`ValueError` (one line) for a rule that keeps nothing by construction or is ambiguous."""
+        if self.keep_fraction is not None:
+            if self.min_score is not None or self.max_score is not None:
+                raise ValueError("--keep-fraction cannot be combined with --min-score or --max-score")
+            if not 0 <= self.keep_fraction <= 1:
+                raise ValueError(f"--keep-fraction must be within [0, 1], got {self.keep_fraction}")
+        elif self.min_score is None and self.max_score is None:
+            raise ValueError("give --min-score, --max-score or --keep-fraction")
+        if self.min_score is not None and self.max_score is not None and self.min_score > self.max_score:
+            raise ValueError(f"--min-score {self.min_score} is above --max-score {self.max_score}")
+
+
+def read_score_file(path: str) -> Dict[str, Saved]:
+    """Rows of a ``qualiclip-score`` output (csv, jsonl, json or Parquet, by suffix), by :func:`match_name`.
+
+    Raises:
+        SourceError: The file cannot be read or has no ``path`` and ``score`` columns.
+    """
+    suffix = os.path.splitext(path)[1].lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            records: List[dict] = pq.read_table(path, columns=["path", "score", "error"]).to_pylist()
+        else:
+            with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+                if suffix in (".jsonl", ".ndjson"):
+                    records = [json.loads(line) for line in f if line.strip()]
+                elif suffix == ".json":
+                    records = json.load(f)
+                else:
+                    records = list(csv.DictReader(f))
+    except (OSError, ValueError, KeyError) as error:
+        raise SourceError(f"--scores {path}: {getattr(error, 'strerror', None) or first_line(error)}") from None
+    saved: Dict[str, Saved] = {}
+    for row in records:
+        if not isinstance(row, dict) or "path" not in row or "score" not in row:
+            raise SourceError(f"--scores {path}: not a qualiclip-score output (rows need path and score)")
+        score = row["score"]
+        if score in (None, "") or not math.isfinite(float(score)):
+            saved[match_name(row["path"])] = (None, row.get("error") or "not scored")
+        else:
+            saved[match_name(row["path"])] = (float(score), "")
+    return saved
+
+
+def match_name(name: str) -> str:
+    """How a row's path is matched to an input: a local file (or shard) part made absolute, so the scores file and
+    the filter's PATHs need not be spelled alike."""
+    source, sep, member = name.partition("::")
+    return (source if is_uri(source) else os.path.abspath(source)) + sep + member
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring units
+
+
+@dataclass
+class Unit:
+    """A sample, row or image: its name (for ``failed.csv``), its score, or why it has none."""
+
+    name: str
+    score: Optional[float]
+    error: str = ""
+
+
+def _lookup(saved: Dict[str, Saved], name: str) -> Saved:
+    return saved.get(match_name(name), (None, "not in the scores"))
+
+
+def sample_unit(sample: Sample, saved: Dict[str, Saved]) -> Unit:
+    """A WebDataset sample's unit: the lowest score of its image members; failed if any is unscored."""
+    name = f"{sample.shard}::{sample.key}"
+    if sample.error:
+        return Unit(name, None, sample.error)
+    images = [member.name for member, _ in sample.members if is_image_member(member.name)]
+    if not images:
+        return Unit(name, None, "no image member")
+    results = [(member, *_lookup(saved, f"{sample.shard}::{member}")) for member in images]
+    failed = [f"{member}: {error}" for member, score, error in results if score is None]
+    if failed:
+        return Unit(name, None, "; ".join(failed))
+    return Unit(name, min(score for _, score, _ in results))
+
+
+def iter_units(plan: SourcePlan, saved: Dict[str, Saved]) -> Iterator[Unit]:
+    """Every unit of the plan's inputs, in input order, with its score from ``saved``."""
+    for kind, path in plan.inputs:
+        if kind == "tar":
+            yield from (sample_unit(sample, saved) for sample in iter_samples(path, open_input))
+        elif kind == "parquet":
+            try:
+                rows = _parquet_rows(path)
+            except SourceError as error:
+                yield Unit(path, None, str(error))
+                continue
+            yield from (Unit(f"{path}::{row}", *_lookup(saved, f"{path}::{row}")) for row in range(rows))
+        else:
+            yield Unit(path, *_lookup(saved, path))
+
+
+def _parquet_rows(path: str) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        with open_input(path) as handle:
+            return pq.ParquetFile(handle).metadata.num_rows
+    except Exception as error:  # pyarrow's own error types for files that are not Parquet
+        raise SourceError(f"{path}: not a readable Parquet file: {first_line(error)}") from error
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Selecting
+
+
+@dataclass
+class Selection:
+    """Which units are kept (``keep[i]`` for the i-th unit), with the counts and the threshold used."""
+
+    keep: bytearray
+    counts: Dict[str, int]
+    threshold: Dict[str, Optional[float]]
+
+
+def select(scores: List[Optional[float]], rule: Rule) -> Selection:
+    """Applies ``rule`` to the units' scores (``None``: failed, never kept)."""
+    keep = bytearray(len(scores))
+    scored = [index for index, score in enumerate(scores) if score is not None]
+    if rule.keep_fraction is not None:
+        count = math.floor(rule.keep_fraction * len(scored) + 0.5)
+        ranked = sorted(scored, key=lambda index: (-scores[index], index))[:count]
+        for index in ranked:
+            keep[index] = 1
+        low = scores[ranked[-1]] if ranked else None
+        threshold = {"min_score": low, "max_score": None, "kept_by_rank": count}
+    else:
+        for index in scored:
+            keep[index] = (rule.min_score is None or scores[index] >= rule.min_score) and (
+                rule.max_score is None or scores[index] <= rule.max_score)
+        threshold = {"min_score": rule.min_score, "max_score": rule.max_score}
+    kept = sum(keep)
+    counts = {"in": len(scores), "kept": kept, "dropped": len(scored) - kept, "failed": len(scores) - len(scored)}
+    return Selection(keep, counts, threshold)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+@dataclass
+class _Numbered:
+    """Output files ``OUT/00000.SUFFIX``, ``OUT/00001.SUFFIX``..., each holding at most ``size`` units."""
+
+    folder: str
+    suffix: str
+    size: int
+    files: List[Dict[str, Any]] = field(default_factory=list)
+
+    def next_file(self) -> str:
+        path = os.path.join(self.folder, f"{len(self.files):05d}{self.suffix}")
+        self.files.append({"file": path, "count": 0})
+        return path
+
+    def full(self) -> bool:
+        return not self.files or self.files[-1]["count"] >= self.size
+
+
+class TarShardWriter:
+    """Writes kept samples whole into numbered tar shards, the score added to each sample's ``.json``."""
+
+    def __init__(self, folder: str, size: int, score_key: str):
+        self._numbered = _Numbered(folder, ".tar", size)
+        self._score_key = score_key
+        self._archive: Optional[tarfile.TarFile] = None
+
+    @property
+    def files(self) -> List[Dict[str, Any]]:
+        return self._numbered.files
+
+    def write(self, sample: Sample, score: float) -> None:
+        if self._numbered.full():
+            self.close()
+            self._archive = tarfile.open(self._numbered.next_file(), "w", format=tarfile.PAX_FORMAT)
+        has_json = False
+        for member, data in sample.members:
+            if member.name.endswith(".json") and member.name[:-5] == sample.key:
+                data, has_json = _with_score(data, self._score_key, score), True
+            self._add(member, data)
+        if not has_json:
+            info = tarfile.TarInfo(f"{sample.key}.json")
+            info.mtime = sample.members[0][0].mtime
+            self._add(info, json.dumps({self._score_key: score}).encode())
+        self._numbered.files[-1]["count"] += 1
+
+    def _add(self, member: tarfile.TarInfo, data: bytes) -> None:
+        info = copy.copy(member)
+        info.size = len(data)
+        info.pax_headers = {key: value for key, value in member.pax_headers.items() if key != "size"}
+        self._archive.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        if self._archive is not None:
+            self._archive.close()
+            self._archive = None
+
+
+def _with_score(data: bytes, key: str, score: float) -> bytes:
+    """The sample's json with the score added; json that is not an object is kept as it is."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return data
+    if not isinstance(value, dict):
+        return data
+    value[key] = score
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+class ParquetPartWriter:
+    """Writes kept rows, with a score column, into numbered Parquet files (a new file also when columns change)."""
+
+    def __init__(self, folder: str, size: int, score_key: str):
+        self._numbered = _Numbered(folder, ".parquet", size)
+        self._score_key = score_key
+        self._writer: Any = None
+        self._pending: List[Any] = []
+
+    @property
+    def files(self) -> List[Dict[str, Any]]:
+        return self._numbered.files
+
+    def write(self, table: Any, scores: List[float]) -> None:
+        import pyarrow as pa
+
+        table = table.append_column(pa.field(self._score_key, pa.float64()), pa.array(scores, pa.float64()))
+        while table.num_rows:
+            if self._writer is not None and not table.schema.equals(self._writer.schema):
+                self.close()
+            if self._writer is None or self._numbered.full():
+                self._open(table.schema)
+            room = self._numbered.size - self._numbered.files[-1]["count"]
+            head, table = table.slice(0, room), table.slice(room)
+            self._pending.append(head)
+            self._numbered.files[-1]["count"] += head.num_rows
+            if sum(part.num_rows for part in self._pending) >= _PARQUET_GROUP_ROWS:
+                self._flush()
+
+    def _open(self, schema: Any) -> None:
+        import pyarrow.parquet as pq
+
+        self.close()
+        self._writer = pq.ParquetWriter(self._numbered.next_file(), schema)
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self._pending:
+            self._writer.write_table(pa.concat_tables(self._pending))
+            self._pending = []
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._flush()
+            self._writer.close()
+            self._writer = None
+
+
+def write_kept(plan: SourcePlan, selection: Selection, scores: List[Optional[float]], folder: str, *,
+               shard_size: int = SHARD_SIZE, score_key: str = SCORE_KEY,
+               progress: Optional[Callable[[int], None]] = None) -> List[Dict[str, Any]]:
+    """Writes the kept units of the plan's inputs into ``folder``; returns the files written with their counts.
+
+    The units are enumerated as :func:`iter_units` enumerates them, so ``scores[i]`` and ``selection.keep[i]``
+    belong to the same unit.
+    """
+    tars = TarShardWriter(folder, shard_size, score_key)
+    parquets = ParquetPartWriter(folder, shard_size, score_key)
+    paths: List[str] = []
+    index = 0
+    try:
+        for kind, path in plan.inputs:
+            if kind == "tar":
+                for sample in iter_samples(path, open_input):
+                    if selection.keep[index]:
+                        tars.write(sample, scores[index])
+                    index += 1
+            elif kind == "parquet":
+                index = _write_parquet_rows(path, selection, scores, index, parquets)
+            else:
+                if selection.keep[index]:
+                    paths.append(path)
+                index += 1
+            if progress is not None:
+                progress(index)
+    finally:
+        tars.close()
+        parquets.close()
+    files = tars.files + parquets.files
+    if paths:
+        listing = os.path.join(folder, "kept-paths.txt")
+        with open(listing, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.writelines(f"{path}\n" for path in paths)
+        files.append({"file": listing, "count": len(paths)})
+    return files
+
+
+def _write_parquet_rows(path: str, selection: Selection, scores: List[Optional[float]], index: int,
+                        writer: ParquetPartWriter) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = _parquet_rows(path)
+    except SourceError:
+        return index + 1  # one failed unit, as iter_units counted it
+    try:
+        with open_input(path) as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=1024):
+                keep = [bool(selection.keep[index + row]) for row in range(batch.num_rows)]
+                if any(keep):
+                    kept = pa.Table.from_batches([batch]).filter(pa.array(keep))
+                    writer.write(kept, [scores[index + row] for row in range(batch.num_rows) if keep[row]])
+                index += batch.num_rows
+                rows -= batch.num_rows
+    except Exception:  # a corrupt row group: its rows have no score (failed), so none of them is kept
+        pass
+    return index + max(rows, 0)
+
+
+def write_manifest(folder: str, manifest: Dict[str, Any], failed: List[Unit]) -> None:
+    """``manifest.json`` and ``failed.csv`` (name, error) in ``folder``."""
+    with open(os.path.join(folder, "failed.csv"), "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["name", "error"])
+        writer.writerows([unit.name, unit.error] for unit in failed)
+    with open(os.path.join(folder, "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
