@@ -8,7 +8,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
 from PIL import Image
 
@@ -89,3 +89,41 @@ def extract_images(members: Members, folder: Path, names: Sequence[str]) -> Dict
         out[name] = folder / name.replace("/", "_")
         out[name].write_bytes(data[name])
     return out
+
+
+def run_module(module: str, *args, cwd: Path, timeout: float = 120) -> "subprocess.CompletedProcess":
+    """Runs ``python -m module args`` in ``cwd`` with one torch thread (the tiny model gains nothing from more)."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout)
+
+
+def rss_growth_mb(run: "Callable[[], object]") -> float:
+    """How far the resident memory of this process rises above its level at the start while ``run()`` runs
+    (sampled every 5 ms from /proc)."""
+    import os
+    import threading
+    import time
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    start, peak, done = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        run()
+    finally:
+        done.set()
+        sampler.join()
+    return (max(peak[0], rss()) - start) / 2**20

@@ -89,5 +89,6 @@ def add_dataset_scores(scorer: QualityScorer, dataset: Any, *, column: str = "im
         results = score_entries(scorer, _entries(batch[column], column), workers=workers)
         return {score_column: [result.score for result in results]}
 
-    return (_undecoded(dataset, column).map(score_batch, batched=True, batch_size=256)
-            .cast_column(column, feature))
+    undecoded = _undecoded(dataset, column)
+    features = datasets.Features({**undecoded.features, score_column: datasets.Value("float64")})
+    return undecoded.map(score_batch, batched=True, batch_size=256, features=features).cast_column(column, feature)
