@@ -63,7 +63,10 @@ def score_entries(scorer: QualityScorer, entries: Iterable[Entry], *,
         for entry in entries:
             pending.append(entry)
             if not entry.error:
-                yield entry.data
+                # The engine holds the bytes as long as it needs them; the entry waiting for its result must not,
+                # or a long run of inputs without a batch to score (all failing) would hold every image.
+                data, entry.data = entry.data, None
+                yield data
 
     index = 0
     for scored in scorer.iter_scores(images(), workers=workers):
