@@ -6,6 +6,9 @@ import csv
 import gzip
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Sequence, Tuple
@@ -91,19 +94,15 @@ def extract_images(members: Members, folder: Path, names: Sequence[str]) -> Dict
     return out
 
 
-def run_module(module: str, *args, cwd: Path, timeout: float = 120) -> "subprocess.CompletedProcess":
+def run_module(module: str, *args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """Runs ``python -m module args`` in ``cwd`` with one torch thread (the tiny model gains nothing from more)."""
-    import os
-    import subprocess
-    import sys
-
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout)
 
 
-def memory_growth_mb(run: "Callable[[], object]") -> float:
+def memory_growth_mb(run: Callable[[], object]) -> Tuple[float, float]:
     """How far the memory that Python objects and pyarrow buffers hold rises above its level at the start while
-    ``run()`` runs: tracemalloc's peak plus the peak of pyarrow's allocations (sampled every 2 ms). Unlike the
+    ``run()`` runs: tracemalloc's peak, and the peak of pyarrow's allocations (sampled every 2 ms). Unlike the
     resident size, neither depends on what the allocator keeps from earlier tests."""
     import threading
     import time
@@ -129,4 +128,4 @@ def memory_growth_mb(run: "Callable[[], object]") -> float:
         sampler.join()
         python_peak = tracemalloc.get_traced_memory()[1] - python_start
         tracemalloc.stop()
-    return (python_peak + arrow_peak[0]) / 2**20
+    return python_peak / 2**20, arrow_peak[0] / 2**20

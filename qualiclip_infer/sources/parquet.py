@@ -16,6 +16,7 @@ DEFAULT_IMAGE_COLUMNS = ("jpg", "png", "webp", "image", "bytes")
 # Rows read at a time: the engine already holds a window of 256 encoded images, so a smaller batch adds little to
 # it (a batch of 64 large photos is still a few hundred MB).
 _BATCH_ROWS = 64
+_READ_BUFFER = 1 << 20
 
 
 def _is_image_type(column_type: Any) -> bool:
@@ -51,7 +52,9 @@ def _parquet_file(path: str, handle: IO[bytes]) -> Any:
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(handle)
+        # Without pre-buffering, pyarrow reads the column chunks of the row groups it is decoding, not the whole file
+        # ahead (which it otherwise does for iter_batches over every row group: memory as large as the file).
+        return pq.ParquetFile(handle, pre_buffer=False, buffer_size=_READ_BUFFER)
     except Exception as error:  # pyarrow raises its own types for files that are not Parquet
         raise SourceError(f"{path}: not a Parquet file: {first_line(error)}") from error
 
