@@ -1,6 +1,6 @@
 """Throughput of reading images where they lie: tar shards and Parquet against the same JPEGs as files.
 
-The same ``--count`` JPEGs (``--size``, default 2,000 of 512x384, ``conftest.natural_image``, quality 90) are written
+The same ``--count`` JPEGs (``--size``, default 2,000 of 512x384, ``tests/helpers.natural_image``, quality 90) are written
 as a folder of files, as 4 WebDataset tar shards (``KEY.jpg`` + ``KEY.json`` + ``KEY.txt``), as 40 shards (memory
 must not grow with the number of shards) and as one Parquet file (a ``jpg`` column, row groups of 500 rows, as
 img2dataset writes them). Each run is a fresh process that scores one of them with ``qualiclip-score``'s ``main``
@@ -60,7 +60,7 @@ print(json.dumps({"status": status, "scoring_s": wall, "growth_mib": max(peak[0]
 
 def _images(folder: Path, count: int, width: int, height: int) -> List[bytes]:
     sys.path.insert(0, str(REPO / "tests"))
-    from conftest import natural_image
+    from helpers import natural_image
     from PIL import Image
 
     data = []
@@ -100,7 +100,7 @@ def _write_inputs(root: Path, images: List[bytes]) -> Dict[str, str]:
 
 def _checkpoint(folder: Path, model: str) -> str:
     sys.path.insert(0, str(REPO / "tests"))
-    from conftest import RN50_CONFIG, TINY_CONFIG, write_checkpoint
+    from helpers import RN50_CONFIG, TINY_CONFIG, write_checkpoint
 
     return str(write_checkpoint(folder / f"{model}.pth", TINY_CONFIG if model == "tiny" else RN50_CONFIG, seed=0))
 

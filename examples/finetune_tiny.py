@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from qualiclip_infer import QualityScorer, save_checkpoint
-from qualiclip_infer.prompts import OFFICIAL_PROMPT_PAIRS, interleave
+from qualiclip_infer.presets import OFFICIAL_PROMPT_PAIRS
+from qualiclip_infer.prompts import interleave
 from qualiclip_infer.train import LossConfig, TrainConfig, degrade, fit
 
 # A CLIP ResNet a few hundred times smaller than RN50, with the same layout.

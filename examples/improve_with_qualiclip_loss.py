@@ -23,7 +23,7 @@ from PIL import Image
 
 from qualiclip_infer import QualiCLIPLoss
 from qualiclip_infer.images import open_image, pil_to_tensor
-from qualiclip_infer.scorer import resolve_device
+from qualiclip_infer.devices import resolve_device
 
 
 def main(argv=None) -> int:

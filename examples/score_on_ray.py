@@ -10,7 +10,7 @@ broken file. Pass real data to score it::
 
 ``--address auto`` joins the cluster this machine belongs to (``ray start --head`` on the head node, ``ray start
 --address=HEAD:6379`` on the others). The weights must be readable at the same path on every node (a shared
-file system), or already in every node's Hugging Face cache (see the README's "Scoring at scale").
+file system), or already in every node's Hugging Face cache (see docs/scale.md, "Weights on every node").
 """
 
 from __future__ import annotations

@@ -7,39 +7,40 @@ Quick start::
     scorer.score("photo.jpg")           # float in [0, 1], higher is better
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._lazy import lazy_exports
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from .eval import evaluate, read_mos
+    from .hub import WeightsNotFoundError, resolve_weights
     from .images import ImageError
+    from .loading import load_model
     from .loss import QualiCLIPLoss
     from .maps import QualityMap
     from .model import QualiCLIP
-    from .presets import PRESETS
-    from .distributed import score_dataset
-    from .prompts import OFFICIAL_PROMPT_PAIRS
+    from .presets import OFFICIAL_PROMPT_PAIRS, PRESETS
+    from .ray_scoring import score_dataset
     from .render import render_map, save_map
-    from .scorer import QualityScorer, load_model
-    from .weights import CheckpointError, WeightsNotFoundError, load_checkpoint, resolve_weights, save_checkpoint
-    from .eval import evaluate, read_mos
+    from .scorer import QualityScorer
 
-# Public names and their submodules. They are imported on first use (PEP 562) so that importing the package,
-# e.g. for `qualiclip-score --help`, does not pay for torch and open_clip (several seconds).
+# Public names and their submodules, imported on first use so that importing the package, e.g. for
+# `qualiclip-score --help`, does not pay for torch and open_clip (several seconds).
 _EXPORTS = {
     "QualityScorer": "scorer",
     "QualiCLIP": "model",
-    "load_model": "scorer",
-    "OFFICIAL_PROMPT_PAIRS": "prompts",
+    "load_model": "loading",
+    "OFFICIAL_PROMPT_PAIRS": "presets",
     "PRESETS": "presets",
     "ImageError": "images",
-    "CheckpointError": "weights",
-    "WeightsNotFoundError": "weights",
-    "load_checkpoint": "weights",
-    "resolve_weights": "weights",
-    "save_checkpoint": "weights",
-    "score_dataset": "distributed",
+    "CheckpointError": "checkpoint",
+    "WeightsNotFoundError": "hub",
+    "load_checkpoint": "checkpoint",
+    "resolve_weights": "hub",
+    "save_checkpoint": "checkpoint",
+    "score_dataset": "ray_scoring",
     "evaluate": "eval",
     "read_mos": "eval",
     "QualityMap": "maps",
@@ -50,14 +51,4 @@ _EXPORTS = {
 
 __all__ = [*_EXPORTS, "__version__"]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

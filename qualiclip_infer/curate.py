@@ -24,8 +24,9 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from ._errors import first_line
-from .distributed import is_uri
+from .messages import first_line
+from .ray_scoring import is_uri
+from .score_files import ScoresFileError, read_score_rows
 from .sources.entries import SourceError
 from .sources.patterns import SourcePlan, open_input
 from .sources.tar import Sample, is_image_member, iter_samples
@@ -60,37 +61,16 @@ class Rule:
 
 
 def read_score_file(path: str) -> Dict[str, Saved]:
-    """Rows of a ``qualiclip-score`` output (csv, jsonl, json or Parquet, by suffix), by :func:`match_name`.
+    """The rows of a ``qualiclip-score`` output (csv, jsonl, json or Parquet), by :func:`match_name`.
 
     Raises:
-        SourceError: The file cannot be read or has no ``path`` and ``score`` columns.
+        SourceError: The file cannot be read or is not such an output.
     """
-    suffix = os.path.splitext(path)[1].lower()
     try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            records: List[dict] = pq.read_table(path, columns=["path", "score", "error"]).to_pylist()
-        else:
-            with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-                if suffix in (".jsonl", ".ndjson"):
-                    records = [json.loads(line) for line in f if line.strip()]
-                elif suffix == ".json":
-                    records = json.load(f)
-                else:
-                    records = list(csv.DictReader(f))
-    except (OSError, ValueError, KeyError) as error:
-        raise SourceError(f"--scores {path}: {getattr(error, 'strerror', None) or first_line(error)}") from None
-    saved: Dict[str, Saved] = {}
-    for row in records:
-        if not isinstance(row, dict) or "path" not in row or "score" not in row:
-            raise SourceError(f"--scores {path}: not a qualiclip-score output (rows need path and score)")
-        score = row["score"]
-        if score in (None, "") or not math.isfinite(float(score)):
-            saved[match_name(row["path"])] = (None, row.get("error") or "not scored")
-        else:
-            saved[match_name(row["path"])] = (float(score), "")
-    return saved
+        rows = read_score_rows(path)
+    except ScoresFileError as error:
+        raise SourceError(f"--scores {error}") from None
+    return {match_name(row.name): (row.score, "" if row.ok else row.error or "not scored") for row in rows}
 
 
 def match_name(name: str) -> str:

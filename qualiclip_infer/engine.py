@@ -11,20 +11,18 @@ single input does can stop the run.
 from __future__ import annotations
 
 import itertools
-import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._errors import first_line
-from .images import ImageError, ImageInput, check_size, describe_error, input_size, name_of, to_tensor
+from .constants import default_workers
+from .images import ImageInput, check_size, failure_cause, input_size, name_of, to_tensor
+from .messages import first_line
 from .results import ScoreResult  # the engine's result type, kept in a torch-free module for the front ends
-
-if TYPE_CHECKING:
-    from .scorer import QualityScorer
+from .runner import BatchRunner
 
 # Headers are read this many inputs at a time; equal sizes are batched within such a window, and results wait at most
 # for the rest of their window to keep input order. Inputs are pulled from the iterable one window at a time.
@@ -33,24 +31,30 @@ PROBE_WINDOW = 256
 PREFETCH_BATCHES = 2
 
 
-def default_workers() -> int:
-    """Decoding threads by default: one per CPU, at most 8 (Pillow and torch release the GIL while they work)."""
-    return min(8, os.cpu_count() or 1)
-
-
-def iter_scores(scorer: QualityScorer, inputs: Iterable[ImageInput], *, names: Optional[Sequence[str]] = None,
+def iter_scores(runner: BatchRunner, inputs: Iterable[ImageInput], *, names: Optional[Sequence[str]] = None,
                 workers: Optional[int] = None) -> Iterator[ScoreResult]:
-    """Scores any number of inputs, yielding one :class:`ScoreResult` per input, in input order, as batches finish.
+    """Scores any number of inputs through the streaming engine, yielding one result per input in input order.
+
+    Headers are read first and images of equal size share batches; a pool of threads decodes the next batches
+    while the model runs. An input that cannot be scored (unreadable, corrupt, too small, over
+    ``max_image_pixels``, out of memory even on its own) gets a result with an ``error`` and the run goes on.
+
+    Example::
+
+        for result in scorer.iter_scores(paths):
+            print(result.name, result.score if result.ok else result.error)
 
     Args:
-        scorer: The scorer whose model, batch caps and pixel limit apply.
+        runner: The scorer (``QualityScorer.iter_scores`` passes itself) whose model, batch caps and pixel limit
+            apply.
         inputs: Paths, encoded image bytes, PIL images, uint8 arrays or ``3 x H x W`` float tensors in [0, 1], in
-            any mix; any iterable (consumed a window at a time, so a generator over millions of files is fine).
+            any mix; any iterable, consumed a window at a time, so a generator over millions of files is fine.
         names: How results and errors name each input (default: the path, else ``input[<index>]``).
-        workers: Threads that read headers and decode images (default :func:`default_workers`).
+        workers: Threads that read headers and decode images (default: one per available CPU, at most 8).
 
     Yields:
-        One result per input, in the order of ``inputs``. Never raises for a bad input.
+        :class:`~qualiclip_infer.results.ScoreResult` (index, name, score, width, height, error), in the order of
+        ``inputs``. Never raises for a bad input.
     """
     workers = workers or default_workers()
     numbered = ((index, image, names[index] if names is not None else name_of(image, index))
@@ -58,13 +62,13 @@ def iter_scores(scorer: QualityScorer, inputs: Iterable[ImageInput], *, names: O
     order = _InputOrder()
     in_flight: Deque[Tuple[List[_Item], List[Future]]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qualiclip-decode") as pool:
-        for batch in _equal_size_batches(scorer, numbered, pool, order):
+        for batch in _equal_size_batches(runner, numbered, pool, order):
             in_flight.append((batch, [pool.submit(_decode, item) for item in batch]))
             if len(in_flight) > PREFETCH_BATCHES:
-                yield from _finish(scorer, *in_flight.popleft(), order)
+                yield from _finish(runner, *in_flight.popleft(), order)
             yield from order.release()
         while in_flight:
-            yield from _finish(scorer, *in_flight.popleft(), order)
+            yield from _finish(runner, *in_flight.popleft(), order)
     yield from order.release()
 
 
@@ -94,7 +98,7 @@ class _InputOrder:
         return results
 
 
-def _equal_size_batches(scorer: QualityScorer, numbered: Iterator[Tuple[int, ImageInput, str]], pool: ThreadPoolExecutor,
+def _equal_size_batches(runner: BatchRunner, numbered: Iterator[Tuple[int, ImageInput, str]], pool: ThreadPoolExecutor,
                   order: _InputOrder) -> Iterator[List[_Item]]:
     """Reads headers a window at a time; failures go straight to ``order``, the rest come in equal-size batches."""
     while True:
@@ -103,13 +107,13 @@ def _equal_size_batches(scorer: QualityScorer, numbered: Iterator[Tuple[int, Ima
             return
         items = [_Item(image, ScoreResult(index, name)) for index, image, name in window]
         sized = []
-        for item in pool.map(lambda item: _probe(item, scorer.max_image_pixels), items):
+        for item in pool.map(lambda item: _probe(item, runner.max_image_pixels), items):
             if item.result.error:
                 order.add(item.result)
             else:
                 sized.append(item)
-        for batch in group_by_size([(item.result.width, item.result.height) for item in sized], scorer.batch_size,
-                                  scorer.max_batch_pixels):
+        for batch in group_by_size([(item.result.width, item.result.height) for item in sized], runner.batch_size,
+                                  runner.max_batch_pixels):
             yield [sized[position] for position in batch]
 
 
@@ -133,10 +137,11 @@ def _probe(item: _Item, max_pixels: Optional[int]) -> _Item:
     """Fills in the input's upright size from its header, and the error if that size rules it out."""
     result = item.result
     try:
+        # The header's size is kept for the row even when the size itself rules the image out.
         result.width, result.height = input_size(item.image, result.name)
         check_size(result.width, result.height, result.name, max_pixels)
     except Exception as error:  # a broken input of any kind must not stop the run
-        result.error = _cause(error, result.name)
+        result.error = failure_cause(error, result.name)
     return item
 
 
@@ -146,14 +151,14 @@ def _decode(item: _Item) -> Union[torch.Tensor, str]:
     try:
         tensor = to_tensor(item.image, result.name)
     except Exception as error:  # truncated, corrupt, or too large to hold: report it and go on
-        return _cause(error, result.name)
+        return failure_cause(error, result.name)
     if (tensor.shape[2], tensor.shape[1]) != (result.width, result.height):
         return (f"decoded size {tensor.shape[2]}x{tensor.shape[1]} differs from the header's "
                 f"{result.width}x{result.height}")
     return tensor
 
 
-def _finish(scorer: QualityScorer, batch: List[_Item], futures: List[Future],
+def _finish(runner: BatchRunner, batch: List[_Item], futures: List[Future],
             order: _InputOrder) -> List[ScoreResult]:
     """Scores a decoded batch and returns the results that are now ready in input order."""
     decoded = []
@@ -164,7 +169,7 @@ def _finish(scorer: QualityScorer, batch: List[_Item], futures: List[Future],
         else:
             decoded.append((item.result, outcome))
     if decoded:
-        _score_batch(scorer.score_tensor, decoded)
+        _score_batch(runner.score_tensor, decoded)
     for item in batch:
         order.add(item.result)
     return order.release()
@@ -201,11 +206,3 @@ def _release_cached_memory() -> None:
     """Gives the CUDA caching allocator's free blocks back after an out-of-memory error, so retries can fit."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _cause(error: BaseException, name: str) -> str:
-    """The one-line reason for a failure, without the name prefix of an :class:`ImageError`."""
-    if not isinstance(error, ImageError):
-        return describe_error(error)
-    message = first_line(error)
-    return message[len(name) + 2:] if message.startswith(f"{name}: ") else message

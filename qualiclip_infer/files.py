@@ -10,6 +10,7 @@ import glob
 import os
 import re
 import sys
+import warnings
 from functools import lru_cache
 from typing import AbstractSet, Dict, FrozenSet, List, Sequence
 
@@ -73,9 +74,12 @@ def _glob(pattern: str, recursive: bool, hidden: bool, extensions: AbstractSet[s
     return files
 
 
+class UnlistableFolderWarning(UserWarning):
+    """A folder inside an input that could not be listed; its images are left out and the rest found."""
+
+
 def _report_unlistable(error: OSError) -> None:
-    print(f"{os.path.basename(sys.argv[0]) or 'qualiclip-infer'}: {error.filename}: cannot list folder: {error.strerror}",
-          file=sys.stderr)
+    warnings.warn(f"{error.filename}: cannot list folder: {error.strerror}", UnlistableFolderWarning, stacklevel=2)
 
 
 def mirrored_paths(paths: Sequence[str], folder: str, suffix: str) -> Dict[str, str]:

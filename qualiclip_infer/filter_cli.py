@@ -12,31 +12,26 @@ import os
 import sys
 from typing import Dict, Optional, Sequence
 
-from ._errors import first_line
+from ._cli import (EXIT_FAILURES, EXIT_OK, Parser, UsageError, add_scoring_options, apply_offline,
+                   exit_status_epilog, finite_float, load_scorer, read_prompts, run, say)
 from ._version import __version__
-from .cli import add_scoring_options, read_prompts, scorer_options
 from .curate import SCORE_KEY, SHARD_SIZE, Rule, Saved, iter_units, match_name, read_score_file, select, \
     write_kept, write_manifest
 from .files import InputNotFoundError
 from .sources import SourceError, SourcePlan, plan_sources
 
 PROG = "qualiclip-filter"
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class UsageError(Exception):
-    """A problem with the command line or its inputs; reported on one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``qualiclip-filter`` argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Keep or drop the samples of WebDataset tar shards, Parquet files of images or image folders "
                     "by QualiCLIP score, writing the kept ones to new files in -o FOLDER (inputs are never "
                     "changed). See docs/datasets.md.",
-        epilog="Exit status: 0 every sample scored, 1 some could not be scored (dropped, listed in failed.csv), "
-               "2 usage error.")
+        epilog=exit_status_epilog("0 every sample scored, 1 some could not be scored (dropped, listed in "
+                                  "failed.csv)"))
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="tar shards (.tar, .tar.gz; brace lists such as 'shards/{00000..00999}.tar'), Parquet "
                              "files, folders, quoted globs or URIs, as given to qualiclip-score")
@@ -47,9 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a qualiclip-score output of these inputs (csv, jsonl, json or Parquet); default: "
                              "score on the fly with the model options below")
     keep = parser.add_argument_group("what to keep")
-    keep.add_argument("--min-score", type=float, metavar="X", help="keep samples scoring at least X")
-    keep.add_argument("--max-score", type=float, metavar="X", help="keep samples scoring at most X")
-    keep.add_argument("--keep-fraction", type=float, metavar="F",
+    keep.add_argument("--min-score", type=finite_float, metavar="X", help="keep samples scoring at least X")
+    keep.add_argument("--max-score", type=finite_float, metavar="X", help="keep samples scoring at most X")
+    keep.add_argument("--keep-fraction", type=finite_float, metavar="F",
                       help="keep the best F of the scored samples by rank (0.8 drops the worst 20%%): exactly "
                            "round(F x scored) samples, ties broken by input order")
     out = parser.add_argument_group("output")
@@ -69,14 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs ``qualiclip-filter``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except UsageError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the output folder is incomplete", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run(PROG, lambda: _run(args), interrupted="the output folder is incomplete")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -89,8 +77,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--shard-size must be a positive integer, got {args.shard_size}")
     if os.path.exists(args.output) and (not os.path.isdir(args.output) or os.listdir(args.output)):
         raise UsageError(f"-o {args.output}: exists and is not an empty folder (the filter writes only new files)")
-    if args.offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
+    apply_offline(args)
     try:
         plan = plan_sources(args.paths, recursive=args.recursive, hidden=args.hidden, image_col=args.image_col)
         if plan is None:  # image files only
@@ -118,25 +105,16 @@ def _run(args: argparse.Namespace) -> int:
     write_manifest(args.output, manifest, [unit for unit in units if unit.score is None])
     if not args.quiet:
         counts = selection.counts
-        print(f"{PROG}: {counts['in']} in, {counts['kept']} kept, {counts['dropped']} dropped, {counts['failed']} "
-              f"failed; wrote {len(files)} files to {args.output}", file=sys.stderr)
+        say(PROG, f"{counts['in']} in, {counts['kept']} kept, {counts['dropped']} dropped, {counts['failed']} "
+                  f"failed; wrote {len(files)} files to {args.output}")
     return EXIT_FAILURES if selection.counts["failed"] else EXIT_OK
 
 
 def _score(args: argparse.Namespace, plan: SourcePlan) -> Dict[str, Saved]:
     """Scores every image of the plan now; returns the results as a scores file would give them."""
-    import torch
-
-    from .scorer import QualityScorer
     from .sources import score_entries
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    prompts = read_prompts(args.prompts) if args.prompts else None
-    try:
-        scorer = QualityScorer(**scorer_options(args, prompts))
-    except Exception as error:  # weights come from files and the network, which fail in many ways: one line each
-        raise UsageError(f"cannot load the model: {first_line(error)}") from error
+    scorer = load_scorer(args, read_prompts(args.prompts) if args.prompts else None)
     saved: Dict[str, Saved] = {}
     for row in score_entries(scorer, plan.entries(), workers=args.workers):
         saved[match_name(row.name)] = (row.score, row.error)

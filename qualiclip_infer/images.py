@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ._errors import first_line
-from .model import MIN_IMAGE_SIDE
+from .messages import first_line
+from .constants import MIN_IMAGE_SIDE
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray, torch.Tensor]
 EncodedImage = (bytes, bytearray, memoryview)
@@ -154,6 +154,14 @@ def unsupported_input(image: object, name: str) -> ImageError:
     """The error for an input of a type the scorer does not take."""
     return ImageError(f"{name}: unsupported input type {type(image).__name__}; expected a path, encoded image "
                       f"bytes, PIL image, uint8 numpy array or float tensor")
+
+
+def failure_cause(error: BaseException, name: str) -> str:
+    """The one-line reason an input failed, without the ``name: `` prefix an :class:`ImageError` message carries."""
+    if not isinstance(error, ImageError):
+        return describe_error(error)
+    message = first_line(error)
+    return message[len(name) + 2:] if message.startswith(f"{name}: ") else message
 
 
 def describe_error(error: BaseException) -> str:

@@ -8,10 +8,10 @@ from typing import Literal, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .model import MIN_IMAGE_SIDE
+from .constants import MIN_IMAGE_SIDE
 from .presets import DEFAULT_MODEL
-from .scorer import load_model
-from .weights import WeightsSpec
+from .hub import WeightsSpec
+from .loading import load_model
 
 Reduction = Literal["mean", "sum", "none"]
 
@@ -24,10 +24,11 @@ class QualiCLIPLoss(nn.Module):
     through the network and the CLIP normalisation back to the pixels. Under autocast the network runs in the reduced
     precision and the score head in float32; move the loss to the images' device with ``.to(device)``.
 
-    Example:
-        >>> loss_fn = QualiCLIPLoss().to("cuda")
-        >>> loss = loss_fn(restored)            # restored: N x 3 x H x W in [0, 1], H, W >= 32
-        >>> (pixel_loss + 0.1 * loss).backward()
+    Example::
+
+        loss_fn = QualiCLIPLoss().to("cuda")
+        loss = loss_fn(restored)                # restored: N x 3 x H x W in [0, 1], H, W >= 32
+        (pixel_loss + 0.1 * loss).backward()
 
     Args:
         weights: ``None`` for the official ``QualiCLIP.pth`` (downloaded once from the Hugging Face Hub), a local

@@ -12,21 +12,16 @@ Two methods:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Literal, Tuple
+from typing import List, Literal, Tuple
 
 import torch
 
+from .constants import DEFAULT_STRIDE, DEFAULT_WINDOW, MAP_METHODS, MIN_IMAGE_SIDE  # noqa: F401 (this module's API)
 from .engine import group_by_size
 from .images import ImageInput, name_of, probe, to_tensor
-from .model import MIN_IMAGE_SIDE
-
-if TYPE_CHECKING:
-    from .scorer import QualityScorer
+from .runner import BatchRunner
 
 MapMethod = Literal["windows", "tokens"]
-MAP_METHODS = ("windows", "tokens")
-DEFAULT_WINDOW = 224
-DEFAULT_STRIDE = 112
 # The trunk reduces each side 32-fold: the cell size of a tokens map.
 TOKEN_STRIDE = 32
 
@@ -74,9 +69,31 @@ def window_starts(length: int, window: int, stride: int) -> List[int]:
     return starts
 
 
-def quality_map(scorer: QualityScorer, image: ImageInput, *, method: MapMethod = "windows",
+def quality_map(runner: BatchRunner, image: ImageInput, *, method: MapMethod = "windows",
                 window: int = DEFAULT_WINDOW, stride: int = DEFAULT_STRIDE) -> QualityMap:
-    """Computes a quality map; :meth:`QualityScorer.quality_map` documents the arguments."""
+    """Where the image is good or poor: a grid of local scores, plus the whole image's score.
+
+    Args:
+        runner: The scorer (``QualityScorer.quality_map`` passes itself) whose model, batch caps and pixel limit
+            apply.
+        image: A path, PIL image, uint8 numpy array or float tensor ``3 x H x W`` in [0, 1].
+        method: ``windows``: each cell is the exact score of a ``window`` x ``window`` crop (the value
+            ``QualityScorer.score`` gives that crop), crops every ``stride`` pixels, the last row and column aligned
+            to the border so every pixel is covered; a side shorter than the window gets one cell spanning it.
+            ``tokens``: one forward pass; a cell per 32 x 32 pixels, each position of the trunk's feature grid
+            scored as if the attention pool had attended to it alone. A dense approximation, not the score of
+            any crop; ``window`` and ``stride`` do not apply.
+        window: Crop side in pixels (at least 32), for ``windows``.
+        stride: Pixels between crop starts (1 to ``window``), for ``windows``.
+
+    Returns:
+        A :class:`QualityMap`: ``values`` (``h x w`` in [0, 1]), ``boxes`` (each cell's ``left, top, right,
+        bottom``), ``score`` (the whole image). Draw it with :func:`~qualiclip_infer.render.save_map`.
+
+    Raises:
+        ImageError: The image cannot be read or is under 32 x 32 pixels.
+        ValueError: An unknown method, or a window or stride out of range.
+    """
     if method not in MAP_METHODS:
         raise ValueError(f"method must be 'windows' or 'tokens', got {method!r}")
     if method == "windows":
@@ -85,31 +102,31 @@ def quality_map(scorer: QualityScorer, image: ImageInput, *, method: MapMethod =
         if not 1 <= stride <= window:
             raise ValueError(f"stride must be between 1 and the window ({window}), got {stride}")
     name = name_of(image, 0)
-    probe(image, name, scorer.max_image_pixels)  # from the header: refuse what the scorer refuses before decoding
-    tensor = to_tensor(image, name).to(scorer.device)
+    probe(image, name, runner.max_image_pixels)  # from the header: refuse what the engine refuses before decoding
+    tensor = to_tensor(image, name).to(runner.device)
     if method == "windows":
-        return _window_map(scorer, tensor, window, stride)
-    return _token_map(scorer, tensor)
+        return _window_map(runner, tensor, window, stride)
+    return _token_map(runner, tensor)
 
 
-def _window_map(scorer: QualityScorer, image: torch.Tensor, window: int, stride: int) -> QualityMap:
+def _window_map(runner: BatchRunner, image: torch.Tensor, window: int, stride: int) -> QualityMap:
     height, width = image.shape[1:]
     crop_width, crop_height = min(window, width), min(window, height)
     lefts, tops = window_starts(width, window, stride), window_starts(height, window, stride)
     boxes = torch.tensor([[(left, top, left + crop_width, top + crop_height) for left in lefts] for top in tops])
     flat_boxes = boxes.view(-1, 4).tolist()
     scores = torch.empty(len(flat_boxes))
-    for batch in group_by_size([(crop_width, crop_height)] * len(flat_boxes), scorer.batch_size,
-                               scorer.max_batch_pixels):
+    for batch in group_by_size([(crop_width, crop_height)] * len(flat_boxes), runner.batch_size,
+                               runner.max_batch_pixels):
         crops = [image[:, top:bottom, left:right] for left, top, right, bottom in (flat_boxes[i] for i in batch)]
-        scores[batch] = scorer.score_tensor(torch.stack(crops))
-    whole = float(scorer.score_tensor(image[None])[0])
+        scores[batch] = runner.score_tensor(torch.stack(crops))
+    whole = float(runner.score_tensor(image[None])[0])
     return QualityMap(scores.view(len(tops), len(lefts)), boxes, whole, "windows", (width, height))
 
 
-def _token_map(scorer: QualityScorer, image: torch.Tensor) -> QualityMap:
+def _token_map(runner: BatchRunner, image: torch.Tensor) -> QualityMap:
     height, width = image.shape[1:]
-    scores, tokens = scorer.scores_and_token_scores_tensor(image[None])
+    scores, tokens = runner.scores_and_token_scores_tensor(image[None])
     rows, columns = tokens.shape[1:]
     return QualityMap(tokens[0], _grid_boxes(width, height, columns, rows), float(scores[0]), "tokens",
                       (width, height))

@@ -22,14 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .constants import MIN_IMAGE_SIDE, OFFICIAL_LOGIT_SCALE  # noqa: F401 (part of this module's API)
+
 if TYPE_CHECKING:
     from open_clip import CLIP
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-OFFICIAL_LOGIT_SCALE = 100.0
-# CLIP's ResNet reduces each side 32-fold before the pool; smaller images leave no token to pool.
-MIN_IMAGE_SIDE = 32
 # open_clip (like OpenAI CLIP) sizes attention heads at 64 channels.
 _HEAD_WIDTH = 64
 
@@ -156,7 +155,7 @@ class Bottleneck(nn.Module):
 
     Unlike torchvision's, a strided block keeps every convolution at stride 1 and downsamples with an average pool
     ("anti-aliased"), after the 3x3 convolution on the main path and before the 1x1 projection on the shortcut.
-    Each BatchNorm is registered right after its convolution: :func:`qualiclip_infer.scorer._fold_batch_norms`
+    Each BatchNorm is registered right after its convolution: :func:`fold_batch_norms`
     relies on that order.
     """
 
@@ -366,3 +365,28 @@ class QualiCLIP(nn.Module):
         return scores, self.score_features(self.visual.attnpool.project_tokens(trunk))
 
 
+def fold_batch_norms(module: nn.Module, memory_format: torch.memory_format = torch.contiguous_format) -> None:
+    """Folds each BatchNorm into the convolution registered just before it, leaving an Identity in its place.
+
+    In CLIP's ModifiedResNet every BatchNorm is registered right after the convolution it normalises (``convK`` then
+    ``bnK``; ``downsample`` is ``avgpool, conv, bn``). In eval mode such a pair is one convolution with a bias: the
+    same scores to float rounding, without a pass over every activation (about 15% of RN50's time on a CPU). The
+    folded weights are new tensors in ``memory_format``; the convolution modules are updated in place.
+    """
+    for parent in list(module.modules()):
+        previous = None
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm2d) and isinstance(previous, nn.Conv2d):
+                _fold_into_conv(previous, child, memory_format)
+                setattr(parent, name, nn.Identity())
+            previous = child
+
+
+@torch.no_grad()
+def _fold_into_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d, memory_format: torch.memory_format) -> None:
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    weight = torch.empty_like(conv.weight, memory_format=memory_format)
+    torch.mul(conv.weight, scale.view(-1, 1, 1, 1), out=weight)
+    shift = norm.running_mean if conv.bias is None else norm.running_mean - conv.bias
+    conv.weight = nn.Parameter(weight, requires_grad=False)
+    conv.bias = nn.Parameter(norm.bias - shift * scale, requires_grad=False)

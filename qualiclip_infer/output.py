@@ -18,13 +18,13 @@ import json
 import os
 import re
 import sys
-from typing import IO, Any, Iterable, NamedTuple, Optional, Protocol, Sequence, Set, TextIO, Tuple
+from typing import IO, Any, Iterable, NamedTuple, Optional, Sequence, Set, TextIO, Tuple
 
-COLUMNS = ("path", "score", "width", "height", "error")
+from .results import CALIBRATED_COLUMNS, COLUMNS, SCORE_DECIMALS, ScoredRow, json_record
+
 FORMATS = ("table", "csv", "jsonl", "json", "parquet")
 RESUMABLE_FORMATS = ("csv", "jsonl")
 SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
-SCORE_DECIMALS = 8  # float32 scores carry ~7 significant digits
 _TOOL = "qualiclip-score"
 # Output files are UTF-8; file names that are not are written as their raw bytes and read back the same way.
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"
@@ -37,16 +37,6 @@ _CSV_SIZE = re.compile(r"[0-9]+")
 
 class OutputFileError(ValueError):
     """An output file that cannot be opened, or that ``--resume`` refuses; the message is one line naming it."""
-
-
-class ScoredRow(Protocol):
-    """What the writers read from a row (the engine's ``ScoreResult`` has these attributes)."""
-
-    name: str
-    score: Optional[float]
-    width: Optional[int]
-    height: Optional[int]
-    error: str
 
 
 class Finished(NamedTuple):
@@ -110,21 +100,25 @@ class RowWriter:
         fmt: One of :data:`FORMATS`.
         header: Write the csv/table header (not when appending to an earlier run's file).
         path_width: Width of the table's path column.
+        calibrated: Also write the :data:`~qualiclip_infer.results.CALIBRATED_COLUMNS` of each row.
     """
 
-    def __init__(self, stream: TextIO, fmt: str, *, header: bool = True, path_width: int = 40):
+    def __init__(self, stream: TextIO, fmt: str, *, header: bool = True, path_width: int = 40,
+                 calibrated: bool = False):
         if fmt not in FORMATS:
             raise ValueError(f"unknown output format {fmt!r}; expected one of {', '.join(FORMATS)}")
         self._stream = stream
         self._fmt = fmt
         self._path_width = path_width
         self._count = 0
+        self._calibrated = calibrated
+        columns = COLUMNS + CALIBRATED_COLUMNS if calibrated else COLUMNS
         if fmt == "json":
             stream.write("[")
         elif header and fmt == "csv":
-            stream.write(_csv_line(COLUMNS))
+            stream.write(_csv_line(columns))
         elif header and fmt == "table":
-            stream.write(self._table_line(COLUMNS))
+            stream.write(self._table_line(columns))
         stream.flush()
 
     def write(self, rows: Iterable[ScoredRow]) -> None:
@@ -141,23 +135,19 @@ class RowWriter:
         self._stream.flush()
 
     def _format(self, row: ScoredRow) -> str:
-        if self._fmt == "jsonl":
-            return json.dumps(record(row), ensure_ascii=False) + "\n"
-        if self._fmt == "json":
-            return ("," if self._count else "") + "\n" + json.dumps(record(row), ensure_ascii=False)
-        score = "" if row.score is None else f"{row.score:.{SCORE_DECIMALS if self._fmt == 'csv' else 4}f}"
-        cells = (row.name, score, _blank(row.width), _blank(row.height), row.error)
+        if self._fmt in ("jsonl", "json"):
+            text = json.dumps(json_record(row, self._calibrated), ensure_ascii=False)
+            return text + "\n" if self._fmt == "jsonl" else ("," if self._count else "") + "\n" + text
+        decimals = SCORE_DECIMALS if self._fmt == "csv" else 4
+        cells = [row.name, _decimal(row.score, decimals), _blank(row.width), _blank(row.height), row.error]
+        if self._calibrated:
+            cells += [_decimal(row.mos, decimals), _decimal(row.percentile, 2)]
         return _csv_line(cells) if self._fmt == "csv" else self._table_line(cells)
 
     def _table_line(self, cells: Sequence[str]) -> str:
-        path, score, width, height, error = cells
-        return f"{path:<{self._path_width}}  {score:>6}  {width:>5}  {height:>6}  {error}".rstrip() + "\n"
-
-
-def record(row: ScoredRow) -> dict:
-    """A row as a json object with the :data:`COLUMNS` as keys: missing values are ``null``."""
-    return {"path": row.name, "score": None if row.score is None else round(row.score, SCORE_DECIMALS),
-            "width": row.width, "height": row.height, "error": row.error or None}
+        path, score, width, height, error, *calibrated = cells
+        extra = "".join(f"  {cell:>10}" for cell in calibrated)
+        return f"{path:<{self._path_width}}  {score:>6}  {width:>5}  {height:>6}{extra}  {error}".rstrip() + "\n"
 
 
 def _csv_line(cells: Sequence[str]) -> str:
@@ -167,6 +157,10 @@ def _csv_line(cells: Sequence[str]) -> str:
     quoting = csv.QUOTE_ALL if any("\r" in cell for cell in cells) else csv.QUOTE_MINIMAL
     csv.writer(buffer, lineterminator="\n", quoting=quoting).writerow(cells)
     return buffer.getvalue()
+
+
+def _decimal(value: Optional[float], decimals: int) -> str:
+    return "" if value is None else f"{value:.{decimals}f}"
 
 
 def _blank(value: Optional[int]) -> str:

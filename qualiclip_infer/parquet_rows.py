@@ -8,20 +8,31 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Iterable, List
+from typing import TYPE_CHECKING, Any, Iterable, List
 
-from .distributed import RAY_EXTRA_HINT
+from .extras import require
+from .results import CALIBRATED_COLUMNS, COLUMNS, row_values
+
+if TYPE_CHECKING:
+    import pyarrow
 
 _ROWS_PER_GROUP = 10_000
 _ROWS_PER_PART = 1_000_000
 
 
 def require_pyarrow() -> None:
-    """Raises a one-line :class:`ImportError` naming the extra to install when pyarrow is missing."""
-    try:
-        import pyarrow.parquet  # noqa: F401
-    except ImportError as error:
-        raise ImportError(f"Parquet output needs pyarrow ({error}): {RAY_EXTRA_HINT}") from None
+    """Raises a one-line :class:`~qualiclip_infer.extras.MissingExtraError` when pyarrow is missing."""
+    require("pyarrow.parquet", "ray", "Parquet output")
+
+
+def row_schema(calibrated: bool = False) -> "pyarrow.Schema":
+    """The Arrow schema of score rows: path, score (float64), width, height (int64), error (str); with
+    ``calibrated``, mos and percentile (float64) after them."""
+    import pyarrow as pa
+
+    types = {"path": pa.string(), "score": pa.float64(), "width": pa.int64(), "height": pa.int64(),
+             "error": pa.string(), "mos": pa.float64(), "percentile": pa.float64()}
+    return pa.schema([(column, types[column]) for column in COLUMNS + (CALIBRATED_COLUMNS if calibrated else ())])
 
 
 def is_folder_target(path: str) -> bool:
@@ -33,18 +44,18 @@ class ParquetRowWriter:
     """Writes :class:`~qualiclip_infer.engine.ScoreResult` rows to ``path``: a ``.parquet`` file, or a folder.
 
     A folder gets ``part-00000.parquet``, ``part-00001.parquet``... of at most a million rows each; earlier
-    ``part-*.parquet`` files in it are removed first, as writing a file replaces it.
+    ``part-*.parquet`` files in it are removed first, as writing a file replaces it. With ``calibrated``, the rows'
+    ``mos`` and ``percentile`` are written too.
 
     Raises:
         ImportError: pyarrow is not installed (the message names the extra).
         OSError: The file or folder cannot be created.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, calibrated: bool = False):
         require_pyarrow()
-        from .distributed import row_schema
-
-        self._schema = row_schema()
+        self._calibrated = calibrated
+        self._schema = row_schema(calibrated)
         self._folder = path if is_folder_target(path) else None
         if self._folder is not None:
             os.makedirs(self._folder, exist_ok=True)
@@ -60,8 +71,7 @@ class ParquetRowWriter:
 
     def write(self, rows: Iterable[Any]) -> None:
         """Buffers rows, writing a row group each time enough have come."""
-        self._buffer.extend(dict(path=row.name, score=row.score, width=row.width, height=row.height,
-                                 error=row.error) for row in rows)
+        self._buffer.extend(row_values(row, self._calibrated) for row in rows)
         while len(self._buffer) >= _ROWS_PER_GROUP:
             self._flush(_ROWS_PER_GROUP)
 

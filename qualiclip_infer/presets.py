@@ -1,4 +1,4 @@
-"""The QualiCLIP family by name: which files each model needs, where its text features come from, its logit scale.
+"""The QualiCLIP family by name (torch-free, so that the commands list it in ``--help`` at once): which files each model needs, where its text features come from, its logit scale.
 
 ``qualiclip`` is the official model. The others are the published variants pyiqa offers, computed as pyiqa does
 (no pyiqa code is used): QualiCLIP+ keeps QualiCLIP's image tower and swaps the stored prompt features for prompts
@@ -11,11 +11,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Literal, Optional, Tuple
 
-from .model import OFFICIAL_LOGIT_SCALE
-from .prompts import OFFICIAL_PROMPT_PAIRS, PromptPair
-from .weights import DEFAULT_REPO_ID, Checkpoint, HubFile
+from .constants import OFFICIAL_LOGIT_SCALE
+from .hub import DEFAULT_REPO_ID, HubFile
 
 DEFAULT_MODEL = "qualiclip"
+
+PromptPair = Tuple[str, str]
+
+# The pairs QualiCLIP was trained with, positive first; their features ship inside the checkpoint.
+OFFICIAL_PROMPT_PAIRS: Tuple[PromptPair, ...] = (
+    ("Good photo.", "Bad photo."),
+    ("Sharp image.", "Blurry image."),
+    ("Sharp edges.", "Blurry edges."),
+    ("High-resolution image.", "Low-resolution image."),
+    ("Noise-free image.", "Noisy image."),
+    ("High-quality image.", "Low-quality image."),
+    ("Good picture.", "Bad picture."),
+)
 
 QUALICLIP_FILE = HubFile(DEFAULT_REPO_ID, "QualiCLIP.pth")
 # open_clip's own `pretrained` table names this repository for RN50 / openai; open_clip prefers the safetensors
@@ -43,7 +55,7 @@ class Preset:
 
     Attributes:
         name: What users pass as ``model``.
-        purpose: One line for ``--help`` and the README.
+        purpose: One line saying what the model is for (the "for" column of the table in docs/presets.md).
         weights: Default Hub file of the CLIP weights (image tower, and the text tower the text side is
             computed with once).
         text_side: ``stored``: the features saved in the weights file; ``encoded``: ``pairs`` run through the
@@ -77,11 +89,11 @@ class Preset:
             raise ValueError(f"model {self.name!r} has no learned prompts; prompt_weights and prompt_revision apply "
                              f"to {', '.join(name for name, p in PRESETS.items() if p.prompt_file)} only")
 
-    def logit_scale(self, checkpoint: Checkpoint) -> float:
-        """The scale of the cosine similarities for this model with these weights."""
+    def logit_scale(self, stored_logit_scale: float) -> float:
+        """The scale of the cosine similarities for this model, given the weights file's ``exp(logit_scale)``."""
         if self.temperature is None:
             return OFFICIAL_LOGIT_SCALE
-        return checkpoint.stored_logit_scale / self.temperature
+        return stored_logit_scale / self.temperature
 
 
 def _qualiclip_plus(dataset: str, label: str) -> Preset:

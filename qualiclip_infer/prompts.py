@@ -1,4 +1,4 @@
-"""Antonym prompt pairs and their text features, encoded once per checkpoint and cached in memory and on disk.
+"""Text features of antonym prompt pairs, encoded once per checkpoint and cached in memory and on disk.
 
 Besides plain prompt strings, this module encodes *learned* prompts (QualiCLIP+, CLIP-IQA+): each prompt's own
 tokens sit between two halves of a learned context of word embeddings, in this order: the start token, the first
@@ -20,25 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weights import Checkpoint, CheckpointError, describe_content, file_sha256, read_tensor_file
+from .atomic import atomic_write, write_text_atomically
+from .checkpoint import Checkpoint, CheckpointError, describe_content, file_sha256, read_tensor_file
+from .presets import PromptPair
 
 if TYPE_CHECKING:
     from open_clip import CLIP
-
-    from .presets import Preset
-
-PromptPair = Tuple[str, str]
-
-# The pairs QualiCLIP was trained with, positive first; their features ship inside the checkpoint.
-OFFICIAL_PROMPT_PAIRS: Tuple[PromptPair, ...] = (
-    ("Good photo.", "Bad photo."),
-    ("Sharp image.", "Blurry image."),
-    ("Sharp edges.", "Blurry edges."),
-    ("High-resolution image.", "Low-resolution image."),
-    ("Noise-free image.", "Noisy image."),
-    ("High-quality image.", "Low-quality image."),
-    ("Good picture.", "Bad picture."),
-)
 
 _memory_cache: dict[str, torch.Tensor] = {}
 
@@ -283,29 +270,6 @@ def learned_prompt_features(checkpoint: Checkpoint, prompt_file: Union[str, os.P
                    lambda: encode_learned_prompts(checkpoint, read_learned_context(prompt_file), pairs))
 
 
-def preset_text_features(preset: Preset, checkpoint: Checkpoint, pairs: Optional[Tuple[PromptPair, ...]],
-                         prompt_file: Optional[Path],
-                         cache_dir: Union[str, os.PathLike, None] = None
-                         ) -> Tuple[torch.Tensor, Optional[Tuple[PromptPair, ...]]]:
-    """The text features a preset scores against, and the prompt pairs they stand for (``None`` if unknown).
-
-    Args:
-        preset: The model preset.
-        checkpoint: The weights.
-        pairs: Custom prompt pairs replacing the preset's (not for learned prompts), or ``None``.
-        prompt_file: The learned-context file, for a preset with learned prompts.
-        cache_dir: Prompt-feature cache folder (default :func:`prompt_cache_dir`).
-    """
-    if preset.text_side == "learned":
-        return learned_prompt_features(checkpoint, prompt_file, preset.pairs, preset.name, cache_dir), preset.pairs
-    if pairs is None and preset.text_side == "encoded":
-        pairs = preset.pairs
-    features = prompt_features(checkpoint, pairs, cache_dir)
-    if pairs is None and features.shape[0] == 2 * len(preset.pairs):
-        pairs = preset.pairs
-    return features, pairs
-
-
 def _weights_digest(checkpoint: Checkpoint, cache_dir: Union[str, os.PathLike, None]) -> str:
     """``checkpoint.sha256()``, remembered under the cache folder by the file's identity (path, device, inode, size and
     modification time), so that a later process with the same local file pays a ``stat`` instead of reading and
@@ -326,9 +290,7 @@ def _weights_digest(checkpoint: Checkpoint, cache_dir: Union[str, os.PathLike, N
     digest = checkpoint.sha256()
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        partial = memo.with_name(f"{memo.name}.{os.getpid()}.partial")
-        partial.write_text(digest, encoding="ascii")
-        os.replace(partial, memo)
+        write_text_atomically(memo, digest, encoding="ascii")
     except OSError:
         pass  # A read-only cache only costs hashing again next time.
     return digest
@@ -348,8 +310,7 @@ def _read_cached(file: Path, pairs: Tuple[PromptPair, ...], embed_dim: int) -> O
 def _write_cached(file: Path, pairs: Tuple[PromptPair, ...], features: torch.Tensor) -> None:
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        partial = file.with_name(f"{file.name}.{os.getpid()}.partial")
-        torch.save({"prompts": [list(p) for p in pairs], "features": features}, partial)
-        os.replace(partial, file)
+        with atomic_write(file) as f:
+            torch.save({"prompts": [list(p) for p in pairs], "features": features}, f)
     except OSError:
         pass  # A read-only cache only costs a re-encode next time.

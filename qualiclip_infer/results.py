@@ -1,4 +1,4 @@
-"""The result of scoring one input: what the engine yields and every front end writes.
+"""The result of scoring one input, and the row every output format writes for it: the one row schema.
 
 Kept free of torch, so that a front end that only passes results along (the Ray driver, which receives rows from its
 actors) need not import it.
@@ -7,7 +7,15 @@ actors) need not import it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Dict, Mapping, Optional, Protocol
+
+# The columns of every output (csv, jsonl, json, table, Parquet, Ray Datasets), in this order. The first holds the
+# result's ``name``: a path for files.
+COLUMNS = ("path", "score", "width", "height", "error")
+# Added after COLUMNS when scores are calibrated (qualiclip-score --calibration).
+CALIBRATED_COLUMNS = ("mos", "percentile")
+# float32 scores carry about 7 significant digits; text formats write 8 decimals.
+SCORE_DECIMALS = 8
 
 
 @dataclass
@@ -21,6 +29,8 @@ class ScoreResult:
         width: Upright width in pixels; ``None`` when not even the header could be read.
         height: Upright height in pixels; ``None`` when not even the header could be read.
         error: Why the input was not scored, on one line and without the name; empty when scored.
+        mos: With a calibration: the score as the predicted MOS of the calibration's dataset; else ``None``.
+        percentile: With a calibration: where the score falls among that dataset's images (0-100); else ``None``.
     """
 
     index: int
@@ -29,8 +39,51 @@ class ScoreResult:
     width: Optional[int] = None
     height: Optional[int] = None
     error: str = ""
+    mos: Optional[float] = None
+    percentile: Optional[float] = None
 
     @property
     def ok(self) -> bool:
         """Whether the input was scored."""
         return self.score is not None
+
+
+class ScoredRow(Protocol):
+    """What the writers read from a row (a :class:`ScoreResult` has these attributes)."""
+
+    name: str
+    score: Optional[float]
+    width: Optional[int]
+    height: Optional[int]
+    error: str
+    mos: Optional[float]  # read only for calibrated rows
+    percentile: Optional[float]
+
+
+def row_values(row: ScoredRow, calibrated: bool = False) -> Dict[str, Any]:
+    """A row as a dict of :data:`COLUMNS` (and with ``calibrated`` the :data:`CALIBRATED_COLUMNS`) with
+    full-precision values, for Parquet and Ray rows; no error is ``""``."""
+    values = {"path": row.name, "score": row.score, "width": row.width, "height": row.height, "error": row.error}
+    if calibrated:
+        values.update(mos=row.mos, percentile=row.percentile)
+    return values
+
+
+def json_record(row: ScoredRow, calibrated: bool = False) -> Dict[str, Any]:
+    """A row as a json object of :data:`COLUMNS` (and with ``calibrated`` the :data:`CALIBRATED_COLUMNS`): numbers
+    rounded as text formats write them, missing values ``null``."""
+    values = {"path": row.name, "score": _rounded(row.score, SCORE_DECIMALS), "width": row.width,
+              "height": row.height, "error": row.error or None}
+    if calibrated:
+        values.update(mos=_rounded(row.mos, SCORE_DECIMALS), percentile=_rounded(row.percentile, 4))
+    return values
+
+
+def _rounded(value: Optional[float], decimals: int) -> Optional[float]:
+    return None if value is None else round(value, decimals)
+
+
+def from_values(values: Mapping[str, Any], index: int) -> ScoreResult:
+    """The :class:`ScoreResult` of a row dict as :func:`row_values` or :func:`json_record` give it."""
+    return ScoreResult(index, values["path"], values["score"], values["width"], values["height"],
+                       values["error"] or "")

@@ -1,190 +1,44 @@
-"""``QualityScorer``: batched QualiCLIP scoring of paths, PIL images, numpy arrays and tensors."""
+"""``QualityScorer``: batched QualiCLIP scoring of paths, PIL images, numpy arrays and tensors.
+
+A facade: it loads the network (:mod:`~qualiclip_infer.loading`) into the batch core it extends
+(:class:`~qualiclip_infer.runner.BatchRunner`) and takes its collections through the streaming engine
+(:func:`~qualiclip_infer.engine.iter_scores`) and quality maps (:func:`~qualiclip_infer.maps.quality_map`), whose
+docstrings are those of its methods.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import warnings
-from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
-from .engine import ScoreResult, iter_scores
+from . import engine, maps
+from .calibration import Calibration, calibrated_results, checked_calibration
+from .constants import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS
+from .devices import Precision, check_precision, resolve_device
+from .hub import WeightsSpec
 from .images import EncodedImage, ImageError, ImageInput, check_size, check_tensor, unsupported_input
-from .model import QualiCLIP
-from .presets import DEFAULT_MODEL, get_preset
-from .prompts import PromptPair, as_prompt_pairs, preset_text_features
-from .weights import WeightsSpec, load_checkpoint, resolve_weights
-
-if TYPE_CHECKING:
-    from .maps import QualityMap
-
-Precision = Literal["fp32", "fp16", "bf16"]
-# Reduced precisions by name; the trainer uses the same names.
-AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-DEFAULT_BATCH_SIZE = 16
-# 16 Mpx of RN50 activations in fp32 peak near 4 GB on the CPU; bigger batches of big photos buy no speed.
-DEFAULT_MAX_BATCH_PIXELS = 16 * 2**20
-# On the CPU, RN50 gains from batching up to a few 0.1 Mpx, then loses as activations outgrow the caches (measured on
-# 2 Xeon cores: 224x224 fastest in batches of 4-8, 512x384 and up no faster in pairs). 0.5 Mpx batches ten 224x224
-# images and gives photos of 0.5 Mpx and more a batch each, which also bounds memory.
-DEFAULT_MAX_BATCH_PIXELS_CPU = 2**19
-# Scoring one image costs about 200 MiB of activations per megapixel in fp32 (benchmarks/RESULTS.md, "Memory per
-# megapixel"), on top of ~1.1 GB for the process and model. 48 Mpx (a 8000x6000 photo) then peaks near 11 GB, so a CPU
-# run on a 16 GB machine survives the largest image it accepts; larger ones become error rows instead of an OOM kill.
-DEFAULT_MAX_IMAGE_PIXELS = 48_000_000
+from .loading import load_model, load_network  # noqa: F401 (load_model: this module's API since 0.1)
+from .presets import DEFAULT_MODEL
+from .results import ScoreResult
+from .runner import BatchRunner, check_batch_options, network_memory_format
 
 
-def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit device must be present.
-
-    Raises:
-        ValueError: An unknown device string, or a device this machine does not have.
-    """
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device {device!r}: expected auto, cpu, cuda, cuda:N or mps") from error
-    if resolved.type == "cuda" and (not torch.cuda.is_available()
-                                    or (resolved.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"device {device!r}: CUDA is not available on this machine "
-                         f"({torch.cuda.device_count()} CUDA devices)")
-    if resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r}: Apple MPS is not available on this machine")
-    if resolved.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {device!r}: expected auto, cpu, cuda, cuda:N or mps")
-    return resolved
-
-
-def _check_precision(precision: str, device: torch.device) -> None:
-    if precision == "fp32":
-        return
-    if precision not in AUTOCAST_DTYPES:
-        raise ValueError(f"precision {precision!r}: expected fp32, fp16 or bf16")
-    if not torch.amp.is_autocast_available(device.type):
-        raise ValueError(f"precision {precision!r}: autocast is not supported on {device.type}")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"precision 'bf16': {torch.cuda.get_device_name(device)} does not support bfloat16")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision]):
-            pass
-    if caught:
-        raise ValueError(f"precision {precision!r} is not supported on {device.type}: {caught[0].message}")
-
-
-def load_model(
-    weights: WeightsSpec = None,
-    *,
-    model: str = DEFAULT_MODEL,
-    prompt_weights: WeightsSpec = None,
-    prompts: Optional[Sequence[Sequence[str]]] = None,
-    logit_scale: Optional[float] = None,
-    revision: Optional[str] = None,
-    prompt_revision: Optional[str] = None,
-    cache_dir: Union[str, os.PathLike, None] = None,
-    local_files_only: bool = False,
-) -> QualiCLIP:
-    """Loads the QualiCLIP network (image tower + score head) on the CPU, in eval mode, without gradients.
-
-    It maps CLIP-normalised ``N x 3 x H x W`` tensors to ``(N,)`` scores, like the official torch.hub model.
-    Arguments are those of :class:`QualityScorer`.
-    """
-    return _load(weights, prompts, logit_scale, model=model, prompt_weights=prompt_weights,
-                 prompt_revision=prompt_revision, revision=revision, cache_dir=cache_dir,
-                 local_files_only=local_files_only)[0]
-
-
-def _load(weights: WeightsSpec, prompts, logit_scale: Optional[float], *, model: str = DEFAULT_MODEL,
-          prompt_weights: WeightsSpec = None, prompt_revision: Optional[str] = None,
-          fold_into: Optional[torch.memory_format] = None,
-          **where) -> Tuple[QualiCLIP, Optional[Tuple[PromptPair, ...]], Path]:
-    """The model, the prompt pairs it scores against (``None`` if unnamed) and the weights file.
-
-    With ``fold_into`` set, BatchNorms are folded into the convolutions (see :func:`_fold_batch_norms`), whose weights
-    are written once, in that memory format. Either way every tensor of the model is its own memory, not the
-    checkpoint file's, and each is written once: on a CPU the first write of fresh memory costs more than the copy.
-    """
-    preset = get_preset(model)
-    custom_pairs = None if prompts is None else as_prompt_pairs(prompts)
-    preset.check_options(custom_pairs, prompt_weights, prompt_revision)
-    path = resolve_weights(weights, default=preset.weights, **where)
-    checkpoint = load_checkpoint(path)
-    prompt_file = None
-    if preset.prompt_file is not None:
-        prompt_file = resolve_weights(prompt_weights, **{**where, "revision": prompt_revision},
-                                      default=preset.prompt_file, option="prompt_weights")
-    with torch.device("meta"):
-        image_tower = checkpoint.architecture.build_image_tower()
-    image_tower.load_state_dict(checkpoint.image_tower_state(), strict=True, assign=True)
-    if fold_into is not None:
-        _fold_batch_norms(image_tower, fold_into)
-    _copy_out_of(checkpoint.clip_state.values(), image_tower)
-    features, pairs = preset_text_features(preset, checkpoint, custom_pairs, prompt_file)
-    scale = preset.logit_scale(checkpoint) if logit_scale is None else logit_scale
-    return QualiCLIP(image_tower, features, scale).eval().requires_grad_(False), pairs, path
-
-
-def _copy_out_of(file_tensors: Iterable[torch.Tensor], module: nn.Module) -> None:
-    """Gives each parameter and buffer of ``module`` that still shares memory with ``file_tensors`` its own copy.
-
-    A memory-mapped checkpoint's tensors read the file itself: one overwritten in place would change (or, truncated,
-    crash) a model in use.
-    """
-    file_memory = {tensor.untyped_storage().data_ptr() for tensor in file_tensors}
-    with torch.no_grad():
-        for tensor in [*module.parameters(), *module.buffers()]:
-            if tensor.untyped_storage().data_ptr() in file_memory:
-                tensor.data = tensor.data.clone()
-
-
-def _fold_batch_norms(module: nn.Module, memory_format: torch.memory_format = torch.contiguous_format) -> None:
-    """Folds each BatchNorm into the convolution registered just before it, leaving an Identity in its place.
-
-    In CLIP's ModifiedResNet every BatchNorm is registered right after the convolution it normalises (``convK`` then
-    ``bnK``; ``downsample`` is ``avgpool, conv, bn``). In eval mode such a pair is one convolution with a bias: the
-    same scores to float rounding, without a pass over every activation (about 15% of RN50's time on a CPU). The
-    folded weights are new tensors in ``memory_format``; the convolution modules are updated in place.
-    """
-    for parent in list(module.modules()):
-        previous_name, previous = None, None
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.BatchNorm2d) and isinstance(previous, nn.Conv2d):
-                _fold_into_conv(previous, child, memory_format)
-                setattr(parent, name, nn.Identity())
-            previous_name, previous = name, child
-
-
-@torch.no_grad()
-def _fold_into_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d, memory_format: torch.memory_format) -> None:
-    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-    weight = torch.empty_like(conv.weight, memory_format=memory_format)
-    torch.mul(conv.weight, scale.view(-1, 1, 1, 1), out=weight)
-    shift = norm.running_mean if conv.bias is None else norm.running_mean - conv.bias
-    conv.weight = nn.Parameter(weight, requires_grad=False)
-    conv.bias = nn.Parameter(norm.bias - shift * scale, requires_grad=False)
-
-
-class QualityScorer:
+class QualityScorer(BatchRunner):
     """Scores image quality with QualiCLIP: a float in [0, 1], higher is better.
 
     The defaults reproduce the official QualiCLIP model: the published checkpoint, its stored features of the
     seven antonym prompt pairs, a logit scale of 100, each image at its native resolution.
 
-    Example:
-        >>> scorer = QualityScorer()
-        >>> scorer.score("photo.jpg")
-        0.73
+    Example::
+
+        scorer = QualityScorer()
+        scorer.score("photo.jpg")     # a float in [0, 1]
 
     Args:
         weights: ``None`` for the model's published weights from the Hugging Face Hub (downloaded once, then
@@ -211,11 +65,15 @@ class QualityScorer:
             on the CPU, 16 Mpx elsewhere.
         max_image_pixels: Images with more pixels are refused (an error for that image) rather than risking the
             process running out of memory; default 48 Mpx. ``None`` disables the limit.
+        calibration: A :class:`~qualiclip_infer.calibration.Calibration` or its JSON file: :meth:`iter_scores`
+            results then carry ``mos`` and ``percentile`` on that dataset's scale. It must have been fitted for this
+            model and these settings.
 
     Raises:
         WeightsNotFoundError: The weights are not available (see the message for how to get them).
         CheckpointError: The file is not a QualiCLIP checkpoint in the official format.
-        ValueError: An unknown device, precision or prompt list.
+        CalibrationError: The calibration cannot be read or was fitted for another model or settings.
+        ValueError: An unknown device, precision or prompt list, or a number out of range.
     """
 
     def __init__(
@@ -235,89 +93,35 @@ class QualityScorer:
         logit_scale: Optional[float] = None,
         max_batch_pixels: Optional[int] = None,
         max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
+        calibration: Union[Calibration, str, os.PathLike, None] = None,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.device = resolve_device(device)
-        _check_precision(precision, self.device)
-        self.precision = precision
-        self.batch_size = int(batch_size)
-        if max_batch_pixels is None:
-            max_batch_pixels = DEFAULT_MAX_BATCH_PIXELS_CPU if self.device.type == "cpu" else DEFAULT_MAX_BATCH_PIXELS
-        self.max_batch_pixels = int(max_batch_pixels)
-        if max_image_pixels is not None and max_image_pixels < 1:
-            raise ValueError(f"max_image_pixels must be positive or None, got {max_image_pixels}")
-        self.max_image_pixels = None if max_image_pixels is None else int(max_image_pixels)
-
+        # Everything that can be checked without the weights is, before any download.
+        resolved = resolve_device(device)
+        check_precision(precision, resolved)
+        check_batch_options(batch_size, max_batch_pixels, max_image_pixels)
         self.model_name = model
-        # oneDNN and cuDNN convolutions run faster on NHWC tensors (about 1.3x for RN50 on a CPU); same results.
-        self._memory_format = torch.channels_last if self.device.type in ("cpu", "cuda") else torch.contiguous_format
-        self.model, self.prompts, self.weights_path = _load(
-            weights, prompts, logit_scale, model=model, prompt_weights=prompt_weights, prompt_revision=prompt_revision,
-            revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, fold_into=self._memory_format)
-        self.model.to(self.device, memory_format=self._memory_format)
+        network, self.prompts, self.weights_path = load_network(
+            weights, model=model, prompt_weights=prompt_weights, prompts=prompts, logit_scale=logit_scale,
+            revision=revision, prompt_revision=prompt_revision, cache_dir=cache_dir,
+            local_files_only=local_files_only, fold_into=network_memory_format(resolved))
+        super().__init__(network, resolved, precision=precision, batch_size=batch_size,
+                         max_batch_pixels=max_batch_pixels, max_image_pixels=max_image_pixels)
+        self.calibration = None if calibration is None else checked_calibration(calibration, self)
 
     def __repr__(self) -> str:
         return (f"QualityScorer(model={self.model_name!r}, weights={str(self.weights_path)!r}, "
                 f"device={str(self.device)!r}, precision={self.precision!r}, pairs={self.model.num_pairs}, "
                 f"logit_scale={self.model.logit_scale})")
 
-    def score_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """Scores one batch of equally sized images.
+    # The maps document this method: it takes the scorer as its first argument.
+    quality_map = maps.quality_map
 
-        Args:
-            images: Float tensor ``N x 3 x H x W`` with values in [0, 1], on any device (H, W >= 32).
-
-        Returns:
-            ``(N,)`` float32 scores on the CPU.
-        """
-        with torch.inference_mode(), self._autocast():
-            return self.model(self._network_input(images)).float().cpu()
-
-    def scores_and_token_scores_tensor(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Scores one batch of equally sized images and gives their tokens quality maps, from one forward pass.
-
-        Args:
-            images: Float tensor ``N x 3 x H x W`` with values in [0, 1], on any device (H, W >= 32).
-
-        Returns:
-            ``(N,)`` float32 scores and ``N x h x w`` float32 :meth:`QualiCLIP.token_scores`, on the CPU.
-        """
-        with torch.inference_mode(), self._autocast():
-            scores, tokens = self.model.scores_and_token_scores(self._network_input(images))
-            return scores.float().cpu(), tokens.float().cpu()
-
-    def quality_map(self, image: ImageInput, *, method: Literal["windows", "tokens"] = "windows",
-                    window: int = 224, stride: int = 112) -> "QualityMap":
-        """Where the image is good or poor: a grid of local scores, plus the whole image's score.
-
-        Args:
-            image: A path, PIL image, uint8 numpy array or float tensor ``3 x H x W`` in [0, 1].
-            method: ``windows``: each cell is the exact score of a ``window`` x ``window`` crop (the value
-                :meth:`score` gives that crop), crops every ``stride`` pixels, the last row and column aligned to the
-                border so every pixel is covered; a side shorter than the window gets one cell spanning it.
-                ``tokens``: one forward pass; a cell per 32 x 32 pixels, each position of the trunk's feature grid
-                scored as if the attention pool had attended to it alone. A dense approximation, not the score of
-                any crop; ``window`` and ``stride`` do not apply.
-            window: Crop side in pixels (at least 32), for ``windows``.
-            stride: Pixels between crop starts (1 to ``window``), for ``windows``.
-
-        Returns:
-            A :class:`~qualiclip_infer.maps.QualityMap`: ``values`` (``h x w`` in [0, 1]), ``boxes`` (each cell's
-            ``left, top, right, bottom``), ``score`` (the whole image). Draw it with
-            :func:`~qualiclip_infer.render.save_map`.
-
-        Raises:
-            ImageError: The image cannot be read or is under 32 x 32 pixels.
-            ValueError: An unknown method, or a window or stride out of range.
-        """
-        from .maps import quality_map
-
-        return quality_map(self, image, method=method, window=window, stride=stride)
-
-    def _network_input(self, images: torch.Tensor) -> torch.Tensor:
-        batch = self.model.normalize(images.to(self.device, torch.float32, non_blocking=True))
-        return batch.contiguous(memory_format=self._memory_format)
+    def iter_scores(self, inputs: Iterable[ImageInput], *, names: Optional[Sequence[str]] = None,
+                    workers: Optional[int] = None) -> Iterator[ScoreResult]:
+        """:func:`qualiclip_infer.engine.iter_scores` with this scorer (its docstring says it all); with a
+        calibration, each scored result also carries ``mos`` and ``percentile``."""
+        results = engine.iter_scores(self, inputs, names=names, workers=workers)
+        return results if self.calibration is None else calibrated_results(self.calibration, results)
 
     def score(self, images: Union[ImageInput, Sequence[ImageInput]], *,
               on_error: Literal["raise", "nan"] = "raise") -> Union[float, List[float], torch.Tensor]:
@@ -361,32 +165,3 @@ class QualityScorer:
                 warnings.warn(f"not scored: {error}", stacklevel=2)
             scores.append(math.nan if result.score is None else result.score)
         return scores[0] if single else scores
-
-    def iter_scores(self, inputs: Iterable[ImageInput], *, names: Optional[Sequence[str]] = None,
-                    workers: Optional[int] = None) -> Iterator[ScoreResult]:
-        """Scores any number of inputs through the streaming engine, yielding one result per input in input order.
-
-        Headers are read first and images of equal size share batches; a pool of threads decodes the next batches
-        while the model runs. An input that cannot be scored (unreadable, corrupt, too small, over
-        ``max_image_pixels``, out of memory even on its own) gets a result with an ``error`` and the run goes on.
-
-        Example:
-            >>> for result in scorer.iter_scores(paths):
-            ...     print(result.name, result.score if result.ok else result.error)
-
-        Args:
-            inputs: Paths, encoded image bytes, PIL images, uint8 arrays or ``3xHxW`` float tensors, in any mix;
-                any iterable, consumed a window at a time.
-            names: How results name each input (default: the path, else ``input[<index>]``).
-            workers: Decoding threads (default: one per CPU, at most 8).
-
-        Yields:
-            :class:`ScoreResult` (index, name, score, width, height, error), in input order.
-        """
-        return iter_scores(self, inputs, names=names, workers=workers)
-
-    def _autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
-

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
 from PIL import Image
 
-from conftest import natural_image
+from helpers import natural_image
 
 Members = List[Tuple[str, bytes]]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CONFIG, natural_image, official_state, random_clip
+from helpers import TINY_CONFIG, natural_image, official_state, random_clip
 from reference_qualiclip import MEAN, STD, image_features
 
 # Pair k's logit difference 100 * (cos+ - cos-) gets this standard deviation over the calibration pictures. Larger

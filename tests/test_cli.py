@@ -24,7 +24,7 @@ from typing import Dict, List
 
 import numpy as np
 import pytest
-from conftest import natural_image, save_image
+from helpers import natural_image, save_image
 from PIL import Image
 
 from qualiclip_infer import QualityScorer
@@ -244,7 +244,7 @@ def test_prompts_file_and_scorer_options(images, tiny_checkpoint, tmp_path):
     (["{good}", "--resume", "-o", "{empty}/out.json"], "csv and jsonl"),
     (["{good}", "--resume", "-o", "{empty}/out.csv", "--sort", "score"], "--sort"),
     (["{good}", "--shard", "4/3"], "K/N"),
-    (["{good}", "--batch-size", "0"], "positive integer"),
+    (["{good}", "--batch-size", "0"], "expected an integer >= 1"),
     (["{good}", "--min-score", "0.8", "--max-score", "0.2"], "--max-score"),
     (["{good}", "--prompts", "{empty}/none.txt"], "none.txt"),
     (["{good}", "--prompts", "{prompts}"], "prompts.txt:3:"),

@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from conftest import natural_image, save_image
+from helpers import natural_image, save_image
 from PIL import Image, ImageFile
 
 from qualiclip_infer import QualityScorer

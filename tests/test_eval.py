@@ -16,7 +16,8 @@ from typing import Dict, List
 
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG, natural_image, save_image, write_checkpoint
+from helpers import TINY_CONFIG, natural_image, save_image, write_checkpoint
+from helpers_eval import CountingLoader, write_scores
 from scipy import optimize, stats
 
 from qualiclip_infer import metrics
@@ -235,6 +236,22 @@ def test_bootstrap_refits_the_logistic_on_each_resample():
         assert samples["srcc"][row] == pytest.approx(stats.spearmanr(xr, yr)[0], abs=1e-12)
 
 
+def test_paired_p_value_is_two_sided():
+    # Twenty resampled differences: 3 below zero, 1 at zero, 16 above. On or below zero: 4/20; on or above: 17/20.
+    # Two-sided p = 2 * min(0.2, 0.85) = 0.4; a one-sided p would be 0.2 or 0.85, an undoubled one 0.2.
+    delta = np.array([-0.3, -0.2, -0.1, 0.0] + [0.05 * k for k in range(1, 17)])
+    first = np.full(delta.size, 0.5)
+    assert metrics.paired_difference(first, first + delta, 0.1)["p_value"] == pytest.approx(0.4, abs=1e-12)
+    # Mirrored, most differences below zero: the same p.
+    assert metrics.paired_difference(first, first - delta, -0.1)["p_value"] == pytest.approx(0.4, abs=1e-12)
+    # A resample where a metric is undefined counts on neither side.
+    with_nan = metrics.paired_difference(np.append(first, 0.5), np.append(first + delta, np.nan), 0.1)
+    assert with_nan["p_value"] == pytest.approx(0.4, abs=1e-12)
+    # 1 of 20 on or below zero: p = 0.1; the shares are doubled, never beyond 1 (all differences zero: p = 1).
+    assert metrics.paired_difference(first, first + np.abs(delta), 0.1)["p_value"] == pytest.approx(0.1, abs=1e-12)
+    assert metrics.paired_difference(first, first, 0.0)["p_value"] == 1.0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # MOS files
 
@@ -425,6 +442,74 @@ def test_saved_scores_survive_an_interrupted_write(tmp_path):
     assert ScoreCache(path, fresh=True).saved == {}
 
 
+# Saved scores are named by a digest of everything that changes the scores (docs/evaluation.md: preset, weights
+# path or Hub spec, revision, prompts, logit scale, precision, pixel limit). Each entry changes one of them from
+# _BASE: (ModelSpec fields, scorer settings). Changing the preset or the weights folder keeps the file's readable
+# part ("w.pth)"), so only the digest can tell the files apart.
+_BASE = (dict(model="qualiclip", weights="one/w.pth"),
+         dict(revision="main", prompts=[("good photo.", "bad photo.")], logit_scale=100.0, precision="fp32",
+              max_image_pixels=48_000_000, prompt_weights="p.pth", prompt_revision="main", device="cpu",
+              batch_size=8))
+_SCORE_CHANGES = {
+    "preset": ({"model": "clipiqa"}, {}),
+    "weights": ({"weights": "two/w.pth"}, {}),
+    "revision": ({}, {"revision": "v2"}),
+    "prompts": ({}, {"prompts": [("sharp photo.", "blurry photo.")]}),
+    "logit scale": ({}, {"logit_scale": 50.0}),
+    "precision": ({}, {"precision": "bf16"}),
+    "pixel limit": ({}, {"max_image_pixels": 1_000_000}),
+    "prompt weights": ({}, {"prompt_weights": "q.pth"}),
+    "prompt revision": ({}, {"prompt_revision": "v2"}),
+}
+# Settings that change only how fast images are scored.
+_SPEED_CHANGES = {"device": {"device": "cuda"}, "batch size": {"batch_size": 64},
+                  "batch pixels": {"max_batch_pixels": 10**6}, "workers": {"workers": 7}, "threads": {"threads": 3},
+                  "offline": {"local_files_only": True}, "cache dir": {"cache_dir": "/elsewhere"}}
+
+
+def _digest_study(folder: Path) -> Path:
+    """A MOS file naming five existing (undecodable: the counting scorer never opens them) images."""
+    names = [f"im{index}.png" for index in range(5)]
+    _touch_images(folder, names)
+    (folder / "mos.csv").write_text("path,mos\n" + "".join(f"{name},{index + 1}\n" for index, name in
+                                                           enumerate(names)))
+    return folder / "mos.csv"
+
+
+def _run_with_saved_scores(mos: Path, loader: CountingLoader, spec: dict, settings: dict, workers=None) -> dict:
+    result = evaluate(mos, models=[ModelSpec(**spec)], scorer_options=settings, load_scorer=loader,
+                      cache_dir=mos.parent / "saved", resamples=0, workers=workers)
+    return result.report["models"][0]
+
+
+@pytest.mark.parametrize("change", list(_SCORE_CHANGES))
+def test_each_input_that_changes_the_scores_forces_a_rescore(change, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mos, loader = _digest_study(tmp_path), CountingLoader()
+    first = _run_with_saved_scores(mos, loader, *_BASE)
+    assert (first["scores_computed"], first["scores_reused"], len(loader.scored)) == (5, 0, 5)
+    spec_change, settings_change = _SCORE_CHANGES[change]
+    changed = _run_with_saved_scores(mos, loader, {**_BASE[0], **spec_change}, {**_BASE[1], **settings_change})
+    assert (changed["scores_computed"], changed["scores_reused"], len(loader.scored)) == (5, 0, 10)
+    assert changed["scores_file"] != first["scores_file"]
+    assert os.path.basename(changed["scores_file"]).startswith("w.pth.")
+    # Both sets stay saved: going back to the first settings loads no model.
+    again = _run_with_saved_scores(mos, loader, *_BASE)
+    assert (again["scores_reused"], again["scores_file"], len(loader.loaded)) == (5, first["scores_file"], 2)
+
+
+@pytest.mark.parametrize("change", list(_SPEED_CHANGES))
+def test_speed_settings_reuse_the_saved_scores(change, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mos, loader = _digest_study(tmp_path), CountingLoader()
+    first = _run_with_saved_scores(mos, loader, *_BASE)
+    # The same weights by absolute path, other decoding threads, and the speed setting changed.
+    spec = {**_BASE[0], "weights": str(tmp_path / "one" / "w.pth")}
+    again = _run_with_saved_scores(mos, loader, spec, {**_BASE[1], **_SPEED_CHANGES[change]}, workers=3)
+    assert (again["scores_reused"], again["scores_computed"], len(loader.loaded)) == (5, 0, 1)
+    assert again["scores_file"] == first["scores_file"]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Command line: option handling
 
@@ -451,7 +536,7 @@ def test_scoring_options_have_the_same_names_as_qualiclip_score():
 
     shared = options(score_parser()) - {"-o", "--output", "--format", "--resume", "--sort", "--reverse",
                                          "--min-score", "--max-score", "--summary", "--no-recursive", "--hidden",
-                                         "--shard", "--maps", "--map-method",  # what is written besides rows
+                                         "--shard", "--maps", "--map-method", "--calibration",  # written besides rows
                                          "--ray", "--actors", "--cpus-per-actor", "--gpus-per-actor"}  # where
     assert shared <= options(build_parser())
     args = build_parser().parse_args(["mos.csv", "-o", "r.json", "--model", "clipiqa", "--weights", "w.pth",
@@ -506,15 +591,30 @@ def _saved_scores(path: str) -> Dict[str, float]:
         return {row["path"]: float(row["score"]) for row in csv.DictReader(file)}
 
 
-def _independent_metrics(scores: Dict[str, float], root: Path) -> Dict[str, float]:
-    """SRCC/KRCC/PLCC of saved scores against the MOS file, with scipy."""
+def _study_mos(root: Path) -> Dict[str, float]:
+    """The study's twelve usable rows, read by hand: absolute image path -> MOS, in file order."""
     mos = {}
     for line in (root / "mos.csv").read_text().splitlines()[1:13]:
         name, value = line.split(",")
         mos[str(root / name)] = float(value)
+    return mos
+
+
+def _independent_metrics(scores: Dict[str, float], root: Path) -> Dict[str, float]:
+    """SRCC/KRCC/PLCC of saved scores against the MOS file, with scipy."""
+    mos = _study_mos(root)
     x = np.array([scores[name] for name in mos])
     y = np.array(list(mos.values()))
     return {"srcc": stats.spearmanr(x, y)[0], "krcc": stats.kendalltau(x, y)[0], "plcc": stats.pearsonr(x, y)[0]}
+
+
+def _resampled_srcc(score_sets: List[Dict[str, float]], root: Path, resamples: int, seed: int) -> np.ndarray:
+    """scipy's SRCC of each model on each of the evaluator's bootstrap resamples: (models, resamples)."""
+    mos = _study_mos(root)
+    y = np.array(list(mos.values()))
+    rows = np.concatenate(metrics.bootstrap_indices(len(y), resamples, seed))
+    return np.array([[stats.spearmanr(x[row], y[row])[0] for row in rows]
+                     for x in (np.array([scores[name] for name in mos]) for scores in score_sets)])
 
 
 def test_eval_end_to_end_two_models_plot_and_reuse(study, tmp_path):
@@ -556,7 +656,17 @@ def test_eval_end_to_end_two_models_plot_and_reuse(study, tmp_path):
     versus = report["models"][1]["srcc_vs_first"]
     assert versus["difference"] == pytest.approx(report["models"][1]["metrics"]["srcc"]["value"]
                                                  - report["models"][0]["metrics"]["srcc"]["value"], abs=1e-12)
-    assert versus["ci"][0] <= versus["ci"][1] and 0 <= versus["p_value"] <= 1
+    # The paired bootstrap recomputed with scipy on the same resamples (seed 0): the percentile intervals, and the
+    # two-sided p-value as twice the smaller share of differences on either side of zero.
+    resampled = _resampled_srcc([_saved_scores(model["scores_file"]) for model in report["models"]], study, 200, 0)
+    assert np.isfinite(resampled).all()
+    for model, samples in zip(report["models"], resampled):
+        assert model["metrics"]["srcc"]["ci"] == pytest.approx(np.percentile(samples, [2.5, 97.5]), abs=1e-9)
+    delta = resampled[1] - resampled[0]
+    assert versus["ci"] == pytest.approx(np.percentile(delta, [2.5, 97.5]), abs=1e-9)
+    shares = np.mean(delta <= 0), np.mean(delta >= 0)
+    assert 0 < min(shares) < 0.5  # a case where one- and two-sided p-values differ
+    assert versus["p_value"] == pytest.approx(2 * min(shares), abs=1e-12)
     assert "srcc_vs_first" not in report["models"][0]
 
     table = result.stdout.splitlines()
@@ -629,3 +739,71 @@ def test_too_few_images_and_constant_scores(study, tmp_path):
     assert metric["srcc"] == {"value": None, "ci": [None, None]} and metric["plcc_logistic4"]["value"] is None
     assert "n/a" in result.table()
     json.dumps(result.report, allow_nan=False)
+
+
+def test_every_model_is_evaluated_on_the_images_every_model_scored(study, tmp_path):
+    # Three models: the tiny network, which cannot decode the broken file; a score file without one image; a score
+    # file with an error row for another. The reference (first) model scores more images than are used.
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    paths = [broken, *(study / "images" / f"im{index:02d}.png" for index in range(8))]
+    rng = np.random.default_rng(1)
+    mos, hand = rng.uniform(1, 5, len(paths)).round(3), rng.uniform(0, 1, len(paths)).round(8)
+    (tmp_path / "mos.csv").write_text("path,mos\n" + "".join(f"{path},{value}\n" for path, value in zip(paths, mos)))
+    without = write_scores(tmp_path / "without.csv", [(path, score, "") for path, score in zip(paths, hand)
+                                                      if path != paths[3]])
+    failed = write_scores(tmp_path / "failed.csv", [(path, None if path == paths[6] else 1 - score,
+                                                     "truncated file" if path == paths[6] else "")
+                                                    for path, score in zip(paths, hand)])
+    messages: List[str] = []
+    result = evaluate(tmp_path / "mos.csv", models=[ModelSpec(weights=str(study / "first.pth"))],
+                      scores=[without, failed], scorer_options={"device": "cpu"}, resamples=0, log=messages.append)
+
+    used = [index for index in range(len(paths)) if index not in (0, 3, 6)]
+    report = result.report
+    assert result.images == [str(paths[index]) for index in used] and report["n"] == len(used) == 6
+    assert report["excluded"]["not_scored"] == {"count": 3, "first": [str(paths[0]), str(paths[3]), str(paths[6])]}
+    network, first_missing, first_failed = (model["not_scored"] for model in report["models"])
+    assert network["count"] == 1 and network["first"][0].startswith(f"{broken}: ")
+    assert first_missing == {"count": 1, "first": [f"{paths[3]}: not in {without}"]}
+    assert first_failed == {"count": 1, "first": [f"{paths[6]}: truncated file"]}
+    assert sum("1 images not scored, left out" in message for message in messages) == 3
+    assert np.array_equal(result.mos, mos[used])
+    for label, expected in ((str(without), hand[used]), (str(failed), 1 - hand[used])):
+        assert result.scores[label] == pytest.approx(expected, abs=1e-12)
+    for model, x in zip(report["models"], result.scores.values()):
+        assert len(x) == 6
+        assert model["metrics"]["srcc"]["value"] == pytest.approx(stats.spearmanr(x, mos[used])[0], abs=1e-12)
+        assert model["metrics"]["plcc"]["value"] == pytest.approx(stats.pearsonr(x, mos[used])[0], abs=1e-12)
+
+
+# Each MOS-file flag, on a file that only reads right with it: without it the command fails or sees other values.
+_FLAG_FILES = {
+    # Names hold commas, so the default (comma) splits them.
+    "--delimiter": (["--delimiter", "semicolon"], "path;mos\n", "im,{index}.png", "{name};{mos}\n"),
+    # Column numbers work with a header too: without the flag the first image would be taken for column names.
+    "--no-header": (["--no-header", "--path-col", "1", "--mos-col", "2"], "", "im{index}.png", "{name},{mos}\n"),
+    "--lower-better": (["--lower-better"], "path,mos\n", "im{index}.png", "{name},{mos}\n"),
+}
+
+
+@pytest.mark.parametrize("flag", list(_FLAG_FILES))
+def test_mos_file_flags(flag, tmp_path):
+    options, header, name, row = _FLAG_FILES[flag]
+    names = [name.format(index=index) for index in range(6)]
+    _touch_images(tmp_path, names)
+    rng = np.random.default_rng(2)
+    mos, scores = rng.uniform(1, 5, 6).round(3), rng.uniform(0, 1, 6).round(8)
+    (tmp_path / "mos.txt").write_text(header + "".join(row.format(name=name, mos=value)
+                                                       for name, value in zip(names, mos)))
+    write_scores(tmp_path / "scores.csv", [(tmp_path / name, value, "") for name, value in zip(names, scores)])
+    result = _eval("mos.txt", *options, "--scores", "scores.csv", "--resamples", "0", "-o", "report.json",
+                   cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["n"], report["rows"]) == (6, 6)
+    sign = -1 if flag == "--lower-better" else 1
+    assert report["mos_direction"] == ("lower is better" if sign < 0 else "higher is better")
+    values = report["models"][0]["metrics"]
+    assert values["srcc"]["value"] == pytest.approx(sign * stats.spearmanr(scores, mos)[0], abs=1e-12)
+    assert values["plcc"]["value"] == pytest.approx(sign * stats.pearsonr(scores, mos)[0], abs=1e-12)

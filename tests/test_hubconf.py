@@ -11,7 +11,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from conftest import natural_image, save_image
+from helpers import natural_image, save_image
 from PIL import Image
 from reference_qualiclip import score as reference_score
 from torchvision.transforms import Normalize, ToTensor

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import natural_image, save_image
+from helpers import natural_image, save_image
 from lively_checkpoint import write_lively_checkpoint
 from reference_qualiclip import score as reference_score
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import natural_image, save_image
+from helpers import natural_image, save_image
 from lively_checkpoint import write_lively_checkpoint
 from PIL import Image, ImageFont
 from reference_qualiclip import MEAN, STD, trunk_features

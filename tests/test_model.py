@@ -5,7 +5,7 @@ from __future__ import annotations
 import open_clip
 import pytest
 import torch
-from conftest import RN50_CONFIG, TINY_CONFIG, natural_image, random_clip
+from helpers import RN50_CONFIG, TINY_CONFIG, natural_image, random_clip
 from reference_qualiclip import image_features as reference_features
 from reference_qualiclip import pair_probabilities as reference_pair_probabilities
 from reference_qualiclip import read_checkpoint

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import pytest
-from conftest import natural_image, save_image
+from helpers import natural_image, save_image
 
 from qualiclip_infer.engine import ScoreResult
 from qualiclip_infer.output import (COLUMNS, RESUMABLE_FORMATS, OutputFileError, RowWriter, choose_format,

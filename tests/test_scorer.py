@@ -9,7 +9,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from conftest import natural_image, save_image
+from helpers import natural_image, save_image
 from PIL import Image, ImageOps
 from reference_qualiclip import read_checkpoint
 from reference_qualiclip import score as reference_score

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from conftest import natural_image, save_image
+from helpers import natural_image, save_image
 
 # Scores through the API, then through the command line's main(), in one fresh interpreter, and reports which of the
 # text-side packages got imported on the way.
@@ -43,7 +43,7 @@ def test_cached_prompt_features_cost_no_hash_of_the_weights(tiny_checkpoint, tmp
     """With custom prompts, the weights' SHA-256 keys the feature cache; a later process reuses it after a stat."""
     import qualiclip_infer.prompts as prompts_module
     from qualiclip_infer import load_checkpoint
-    from qualiclip_infer.weights import Checkpoint
+    from qualiclip_infer.checkpoint import Checkpoint
 
     weights = tmp_path / "weights.pth"
     weights.write_bytes(tiny_checkpoint.read_bytes())

@@ -16,7 +16,7 @@ import pytest
 import scipy.stats
 import torch
 import open_clip
-from conftest import (OFFICIAL_TEXTS, TINY_CONFIG, natural_image, random_clip, save_image, untrained_clip,
+from helpers import (OFFICIAL_TEXTS, TINY_CONFIG, natural_image, random_clip, save_image, untrained_clip,
                       write_checkpoint)
 from PIL import Image
 from torch.utils.data import DataLoader

@@ -16,30 +16,29 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-from .._errors import first_line
+from .._cli import (EXIT_OK, EXIT_USAGE, Parser, UsageError, add_scoring_options, apply_offline, check_writable,
+                    exit_status_epilog, load_scorer, non_negative_int, read_prompts, run, say,
+                    scorer_options)
 from .._version import __version__
-from ..cli import UsageError, _load_scorer, _positive_int, add_scoring_options, read_prompts, scorer_options
 from .evaluate import EvaluationError, ModelSpec, evaluate
 from .mos import DATASETS, LAYOUTS, MosFileError, read_mos
-from .plot import MissingExtraError, require_matplotlib
+from .plot import require_matplotlib
 from .scores import ScoresFileError
 
 PROG = "qualiclip-eval"
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 _DELIMITERS = {"comma": ",", "tab": "\t", "semicolon": ";", "space": " "}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``qualiclip-eval`` argument parser."""
     presets = ", ".join(f"{key} ({layout.title}: {layout.file_name})" for key, layout in LAYOUTS.items())
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Measure how well quality scores match human opinion scores (MOS): SRCC, KRCC, PLCC and RMSE, "
                     "raw and after a fitted logistic mapping, with bootstrap 95% confidence intervals. Writes a "
                     "JSON report, prints a markdown table, and saves each model's scores next to the report so a "
                     "second evaluation reuses them.",
-        epilog="Exit status: 0 report written, 2 usage error (bad option or file, model unavailable, fewer than 3 "
-               "usable images), 130 interrupted (scores computed so far are kept).",
+        epilog=exit_status_epilog("0 report written (2 also for fewer than 3 usable images)"),
     )
     parser.add_argument("mos_file", metavar="MOS_FILE", help="CSV/TSV of image names and opinion scores")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -80,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats = parser.add_argument_group("metrics")
     stats.add_argument("--vqeg5", action="store_true",
                        help="also fit the 5-parameter VQEG logistic (the 4-parameter one is always fitted)")
-    stats.add_argument("--resamples", type=_non_negative_int, default=1000, metavar="N",
+    stats.add_argument("--resamples", type=non_negative_int, default=1000, metavar="N",
                        help="bootstrap resamples for the 95%% confidence intervals (default: 1000; 0: none)")
     stats.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
 
@@ -88,12 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-o", "--output", required=True, metavar="REPORT.json",
                      help="the JSON report; each model's scores are saved in the same folder")
     out.add_argument("--plot", metavar="FILE.png", help="also draw a scatter plot (needs the 'eval' extra)")
+    out.add_argument("--report", metavar="REPORT.html",
+                     help="also write a static HTML report: scatter with the fitted curve, metrics with intervals, "
+                          "the largest disagreements with the MOS, and the gallery of the first model's scores")
+    out.add_argument("--save-calibration", metavar="FILE.json",
+                     help="store the first model's fitted logistic and score quantiles on this dataset, for "
+                          "qualiclip-score --calibration (needs --model or --weights: not for --scores alone)")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress or exclusion messages")
     return parser
-
-
-def _non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else _positive_int(text)
 
 
 def model_specs(models: Optional[Sequence[str]], weights: Optional[Sequence[str]], scores: bool) -> List[ModelSpec]:
@@ -129,23 +130,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         The exit status: 0 report written, 2 usage error, 130 interrupted.
     """
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (UsageError, MosFileError, ScoresFileError, MissingExtraError, EvaluationError) as error:
-        print(f"{PROG}: error: {first_line(error)}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; scores computed so far are saved", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run(PROG, lambda: _run(args), usage_errors=(MosFileError, ScoresFileError, EvaluationError),
+               interrupted="scores computed so far are saved")
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.plot:
         require_matplotlib()  # before an hour of scoring, not after
-    if args.offline:
-        # huggingface_hub reads this once, on import: set before anything imports it.
-        os.environ["HF_HUB_OFFLINE"] = "1"
+    check_writable(args.output, "-o")
+    if args.plot:
+        check_writable(args.plot, "--plot")
+    apply_offline(args)
     specs = model_specs(args.model, args.weights, bool(args.scores))
+    if args.save_calibration and not specs:
+        raise UsageError("--save-calibration needs the model the scores are from (--model or --weights), to record "
+                         "what the calibration is valid for")
     prompts = read_prompts(args.prompts) if args.prompts else None
     table = read_mos(args.mos_file, dataset=args.dataset, root=args.root, path_col=args.path_col,
                      mos_col=args.mos_col, header=args.header,
@@ -155,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
     def load(spec: ModelSpec):
         single = copy.copy(args)
         single.model, single.weights = spec.model, spec.weights
-        return _load_scorer(single, prompts)
+        return load_scorer(single, prompts)
 
     shared = copy.copy(args)
     shared.model = shared.weights = None
@@ -170,6 +169,24 @@ def _run(args: argparse.Namespace) -> int:
         if args.plot:
             result.plot(args.plot)
     except OSError as error:
-        raise UsageError(f"{error.filename or args.output}: {error.strerror or first_line(error)}") from error
+        raise UsageError(f"{error.filename or args.output}: {error.strerror or error}") from error
+    if args.save_calibration:
+        from ..calibration import CalibrationError, evaluation_calibration, save_calibration, scorer_identity
+
+        try:
+            calibration = evaluation_calibration(result, specs[0].label, scorer_identity(load(specs[0])))
+            save_calibration(calibration, args.save_calibration)
+        except CalibrationError as error:
+            raise UsageError(error) from None
+        except OSError as error:
+            raise UsageError(f"{args.save_calibration}: {error.strerror or error}") from error
     print(result.table())
+    if args.report:
+        from .report_page import build_evaluation_report
+
+        from ..report.publish import publish_for_command
+
+        if publish_for_command(result, args.report, say=lambda message: say(PROG, message), quiet=args.quiet,
+                               build=build_evaluation_report, workers=args.workers) is None:
+            return EXIT_USAGE
     return EXIT_OK

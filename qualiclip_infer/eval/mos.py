@@ -47,8 +47,8 @@ class Layout:
     ignore_case: bool = False
 
 
-# The published layouts (see docs/ and the README). All these MOS rise with quality: KADID-10k's column is called
-# "dmos" but holds 1-5 ratings where 5 is best.
+# The published layouts (docs/evaluation.md, "MOS files"). All these MOS rise with quality: KADID-10k's column is
+# called "dmos" but holds 1-5 ratings where 5 is best.
 LAYOUTS: Dict[str, Layout] = {
     "koniq10k": Layout("KonIQ-10k", "koniq10k_scores_and_distributions.csv", "image_name", "MOS",
                        image_folders=("1024x768", "512x384")),

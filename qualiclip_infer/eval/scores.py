@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple, Union
 
-from .._errors import first_line
+from ..messages import first_line
 from ..output import COLUMNS as SCORE_COLUMNS
 from ..output import OutputFileError, RowWriter, open_output, prepare_resume
 

@@ -74,7 +74,8 @@ def score_entries(scorer: QualityScorer, entries: Iterable[Entry], *,
             yield _failed(index, pending.popleft())
             index += 1
         entry = pending.popleft()
-        yield SourceResult(index, entry.name, scored.score, scored.width, scored.height, scored.error, entry.extra)
+        yield SourceResult(index, entry.name, scored.score, scored.width, scored.height, scored.error,
+                           extra=entry.extra)
         index += 1
     while pending:
         yield _failed(index, pending.popleft())

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import IO, Any, AbstractSet, Callable, Iterator, List, Optional, Sequence
 
-from .._errors import first_line
+from ..extras import require
+from ..messages import first_line
 from .entries import Entry, SourceError
 
 DEFAULT_IMAGE_COLUMNS = ("jpg", "png", "webp", "image", "bytes")
@@ -49,7 +50,7 @@ def image_column(schema: Any, requested: Optional[str], path: str) -> str:
 
 
 def _parquet_file(path: str, handle: IO[bytes]) -> Any:
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", "ray", "Reading Parquet files")
 
     try:
         # Without pre-buffering, pyarrow reads the column chunks of the row groups it is decoding, not the whole file

@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import IO, AbstractSet, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .._errors import first_line
-from ..distributed import is_uri
+from ..extras import require
+from ..messages import first_line
+from ..ray_scoring import is_uri
 from ..files import InputNotFoundError, find_images
 from .entries import Entry, SourceError
 from .parquet import check_columns, iter_parquet
@@ -157,7 +158,7 @@ def _walk_sources(folder: str, recursive: bool, hidden: bool) -> List[Tuple[str,
 
 
 def _list_uri(uri: str, recursive: bool, hidden: bool) -> List[Tuple[str, str]]:
-    from pyarrow import fs
+    fs = require("pyarrow.fs", "ray", "Reading URIs")
 
     try:
         filesystem, root = fs.FileSystem.from_uri(uri)
@@ -189,7 +190,7 @@ def open_input(path: str) -> IO[bytes]:
     """
     if not is_uri(path):
         return open(path, "rb")
-    from pyarrow import fs
+    fs = require("pyarrow.fs", "ray", "Reading URIs")
 
     try:
         filesystem, inner = fs.FileSystem.from_uri(path)

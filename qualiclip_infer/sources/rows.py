@@ -1,7 +1,8 @@
 """Writing rows with extra columns (``key``, ``--id-col`` values) and reading such files back for ``--resume``.
 
 The columns are ``path, score, width, height, error`` as ``qualiclip-score`` writes them for image files, then the
-extra columns; csv, jsonl, json and table output keep the base columns' formatting (:func:`~..output.record`).
+extra columns; csv, jsonl, json and table output keep the base columns' formatting
+(:func:`~..results.json_record`).
 A resumed file must have exactly the same columns; its incomplete last record (a killed run) is cut off.
 """
 
@@ -12,8 +13,9 @@ import json
 import os
 from typing import IO, Any, Iterable, List, Optional, Sequence, Set, TextIO, Tuple
 
-from ..output import COLUMNS, SCORE_DECIMALS, Finished, OutputFileError, record
+from ..output import Finished, OutputFileError
 from ..output import _csv_line  # the quoting rules every csv row of the project follows
+from ..results import COLUMNS, SCORE_DECIMALS, json_record
 from .entries import SourceResult
 
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"
@@ -58,7 +60,7 @@ class SourceRowWriter:
     def _format(self, row: SourceResult) -> str:
         extras = {column: row.extra.get(column) for column in self._extra}
         if self._fmt in ("jsonl", "json"):
-            text = json.dumps({**record(row), **extras}, ensure_ascii=False, default=str)
+            text = json.dumps({**json_record(row), **extras}, ensure_ascii=False, default=str)
             return text + "\n" if self._fmt == "jsonl" else ("," if self._count else "") + "\n" + text
         score = "" if row.score is None else f"{row.score:.{SCORE_DECIMALS if self._fmt == 'csv' else 4}f}"
         return self._line([row.name, score, _cell(row.width), _cell(row.height), row.error,
@@ -77,7 +79,7 @@ class SourceParquetWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from ..distributed import row_schema
+        from ..parquet_rows import row_schema
 
         self._extra = list(extra_columns)
         base = row_schema()

@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import IO, AbstractSet, Callable, Iterator, List, Optional, Tuple
 
-from .._errors import first_line
+from ..messages import first_line
 from ..files import image_extensions
 from .entries import Entry
 

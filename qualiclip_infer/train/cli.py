@@ -10,9 +10,10 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
-from .._errors import first_line
+from .._cli import Parser, UsageError, number, read_prompts
+from ..messages import first_line
 from ..images import open_image, pil_to_tensor
 from .degradations import DISTORTIONS, NUM_LEVELS, degradation_grid
 from .inputs import DECODE_CHECKS, UP_FRONT_DECODE_BUDGET_S
@@ -31,32 +32,8 @@ _MARGIN_MEANINGS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """Reports a bad argument on one line (no usage block) and exits with status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _number(kind: Callable[[str], float], minimum: float, inclusive: bool = True) -> Callable[[str], float]:
-    """An argparse type: a number of ``kind`` at least (or, not ``inclusive``, above) ``minimum``."""
-    bound = f">= {minimum}" if inclusive else f"> {minimum}"
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} {bound}, "
-                                             f"got {text!r}") from None
-        if not (value >= minimum if inclusive else value > minimum):
-            raise argparse.ArgumentTypeError(f"expected a value {bound}, got {text!r}")
-        return value
-
-    return parse
-
-
 def _fraction(text: str) -> float:
-    value = _number(float, 0)(text)
+    value = number(float, 0)(text)
     if value >= 1:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
     return value
@@ -73,9 +50,9 @@ def _distortions(text: str) -> Tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``qualiclip-train`` argument parser."""
-    parser = _Parser(prog="qualiclip-train", description="Fine-tune QualiCLIP's image tower without human scores, "
+    parser = Parser(prog="qualiclip-train", description="Fine-tune QualiCLIP's image tower without human scores, "
                      "on synthetically degraded crops of pristine images.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
 
     grid = commands.add_parser("degradations", help="draw every degradation type at every level on one image",
                                description="Draw the degradation catalogue (one row per type, one column per "
@@ -83,12 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("image", type=Path, help="the image to degrade")
     grid.add_argument("-o", "--out", type=Path, required=True, metavar="PATH",
                       help="where to write the grid (e.g. grid.png)")
-    grid.add_argument("--tile", type=_number(int, 1), default=128,
+    grid.add_argument("--tile", type=number(int, 1), default=128,
                       help="side of each tile as drawn, in pixels (default 128)")
-    grid.add_argument("--crop-size", type=_number(int, 32), default=_DEFAULTS["crop_size"],
+    grid.add_argument("--crop-size", type=number(int, 32), default=_DEFAULTS["crop_size"],
                       help="side of the square the degradations are applied at, as in training, before the tile is "
                       "shrunk (or enlarged) for display; default %(default)s, fit's default crop")
-    grid.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the random degradations (default 0)")
+    grid.add_argument("--seed", type=number(int, 0), default=0, help="seed of the random degradations (default 0)")
     grid.add_argument("--distortions", type=_distortions, default=DISTORTIONS, metavar="A,B,...",
                       help="types to draw, comma-separated (default: all 24)")
 
@@ -117,16 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--init", metavar="WEIGHTS",
                        help="initial weights: a local official-format checkpoint or hf-hub:ORG/REPO/FILE "
                        "(default: the published QualiCLIP.pth; when resuming, the run's own initial weights)")
-    where.add_argument("--crop-size", type=_number(int, 32),
+    where.add_argument("--crop-size", type=number(int, 32),
                        help=f"side of the square crops; images with a smaller side are left out; {OURS}")
-    where.add_argument("--levels", type=_number(int, 2),
+    where.add_argument("--levels", type=number(int, 2),
                        help=f"degradation levels per crop, spread over 1..{NUM_LEVELS}; {OURS}")
     where.add_argument("--distortions", type=_distortions, metavar="A,B,...",
                        help="distortion types to draw from, one per sample, comma-separated (default: all 24)")
-    where.add_argument("--workers", type=_number(int, 0),
+    where.add_argument("--workers", type=number(int, 0),
                        help="data-loading processes decoding and cropping images, at most one per CPU "
                        "(default %(default)s; 0: none)")
-    where.add_argument("--seed", type=_number(int, 0),
+    where.add_argument("--seed", type=number(int, 0),
                        help="seed of the split, crops, distortion choices and degradations (default %(default)s)")
 
     optimisation = fit.add_argument_group("optimisation")
@@ -134,48 +111,48 @@ def build_parser() -> argparse.ArgumentParser:
     optimisation.add_argument("--precision", choices=PRECISIONS,
                               help="mixed precision, CUDA only; auto: bf16 where supported, else fp16, fp32 off "
                               "CUDA (default %(default)s)")
-    optimisation.add_argument("--epochs", type=_number(int, 1), help=f"passes over the images; {OURS}")
-    optimisation.add_argument("--steps", type=_number(int, 1), help="optimiser steps to train for, overriding --epochs")
-    optimisation.add_argument("--batch-size", type=_number(int, 1),
+    optimisation.add_argument("--epochs", type=number(int, 1), help=f"passes over the images; {OURS}")
+    optimisation.add_argument("--steps", type=number(int, 1), help="optimiser steps to train for, overriding --epochs")
+    optimisation.add_argument("--batch-size", type=number(int, 1),
                               help=f"images per micro-batch, each giving 2 crops x L levels; {OURS}")
-    optimisation.add_argument("--accumulate", type=_number(int, 1),
+    optimisation.add_argument("--accumulate", type=number(int, 1),
                               help="micro-batches per optimiser step (default %(default)s)")
-    optimisation.add_argument("--lr", type=_number(float, 0, inclusive=False),
+    optimisation.add_argument("--lr", type=number(float, 0, inclusive=False),
                               help=f"AdamW peak learning rate; {OURS}")
     optimisation.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                               help=f"learning rate after the warm-up: cosine decay towards 0 at the last step, or "
                               f"constant; {OURS}")
-    optimisation.add_argument("--warmup-steps", type=_number(int, 0), metavar="N",
+    optimisation.add_argument("--warmup-steps", type=number(int, 0), metavar="N",
                               help=f"steps of linear learning-rate warm-up (default: {WARMUP_SHARE * 100:.0f}%% of "
                               f"the steps; our default, not published)")
-    optimisation.add_argument("--weight-decay", type=_number(float, 0), help=f"AdamW weight decay; {OURS}")
+    optimisation.add_argument("--weight-decay", type=number(float, 0), help=f"AdamW weight decay; {OURS}")
     optimisation.add_argument("--train-bn", action="store_true",
                               help="update BatchNorm running statistics (default: frozen; affine parameters train)")
     for term, meaning in _MARGIN_MEANINGS.items():
-        optimisation.add_argument(f"--margin-{term}", type=_number(float, 0),
+        optimisation.add_argument(f"--margin-{term}", type=number(float, 0),
                                   default=getattr(_LOSS_DEFAULTS, f"margin_{term}"),
                                   help=f"{meaning}, in cosine similarity; {OURS}")
     for term in _MARGIN_MEANINGS:
-        optimisation.add_argument(f"--weight-{term}", type=_number(float, 0),
+        optimisation.add_argument(f"--weight-{term}", type=number(float, 0),
                                   default=getattr(_LOSS_DEFAULTS, f"weight_{term}"),
                                   help=f"weight of L_{term} in the total loss; {OURS}")
 
     checkpoints = fit.add_argument_group("checkpoints and validation")
-    checkpoints.add_argument("--checkpoint-every", type=_number(int, 0), metavar="N",
+    checkpoints.add_argument("--checkpoint-every", type=number(int, 0), metavar="N",
                              help="write the resumable state OUT_STEM.state.pt every N steps and at the end "
                              "(default %(default)s; 0: never)")
     checkpoints.add_argument("--resume", type=Path, metavar="STATE",
                              help="continue from a state file; data settings must match the original run")
     checkpoints.add_argument("--val-fraction", type=_fraction,
                              help=f"share of the images held out for validation; {OURS}")
-    checkpoints.add_argument("--val-crops", type=_number(int, 0),
+    checkpoints.add_argument("--val-crops", type=number(int, 0),
                              help=f"held-out crops, each degraded at every level, for the level SRCC; {OURS}")
-    checkpoints.add_argument("--val-every-steps", type=_number(int, 0), metavar="N",
+    checkpoints.add_argument("--val-every-steps", type=number(int, 0), metavar="N",
                              help="validate every N optimiser steps, besides before and after training (0: never in "
                              "between; default: as often as keeps validation within "
                              f"{VALIDATION_SHARE * 100:.0f}%% of the training time, unless --val-every is given; "
                              "our default)")
-    checkpoints.add_argument("--val-every", type=_number(int, 0), metavar="N",
+    checkpoints.add_argument("--val-every", type=number(int, 0), metavar="N",
                              help="validate every N epochs instead (0: only before and after training; "
                              "default: by steps)")
     checkpoints.add_argument("--val-csv", type=Path, metavar="CSV",
@@ -193,8 +170,6 @@ def _write_grid(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
-    from ..cli import read_prompts
-
     settings = {name: getattr(args, name) for name in _DEFAULTS if name not in ("loss", "prompts", "progress")}
     loss = LossConfig(**{f"{kind}_{term}": getattr(args, f"{kind}_{term}")
                          for kind in ("margin", "weight") for term in _MARGIN_MEANINGS})
@@ -230,8 +205,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def fail(message: str, status: int) -> int:
         print(f"{prog}: error: {message}", file=sys.stderr)
         return status
-
-    from ..cli import UsageError
 
     try:
         return _write_grid(args) if args.command == "degradations" else _fit(args, fail)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .._errors import first_line
+from ..messages import first_line
 from ..images import ImageError, open_image
 from .degradations import NUM_LEVELS, degrade
 

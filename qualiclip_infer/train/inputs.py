@@ -15,7 +15,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 
-from .._errors import first_line
+from ..messages import first_line
 from ..files import find_images
 from ..images import ImageError, describe_error, probe
 

@@ -19,13 +19,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .._errors import first_line
+from ..constants import MIN_IMAGE_SIDE
 from ..images import ImageError, image_size, to_tensor
+from ..messages import first_line
 from ..metrics import plcc, srcc
-from ..model import MIN_IMAGE_SIDE, QualiCLIP
-from ..prompts import OFFICIAL_PROMPT_PAIRS, as_prompt_pairs, prompt_features
-from ..scorer import AUTOCAST_DTYPES, resolve_device
-from ..weights import WeightsSpec, load_checkpoint, resolve_weights, save_checkpoint
+from ..model import QualiCLIP
+from ..presets import OFFICIAL_PROMPT_PAIRS
+from ..prompts import as_prompt_pairs, prompt_features
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..devices import AUTOCAST_DTYPES, resolve_device
+from ..hub import WeightsSpec, resolve_weights
 from .data import (CROPS_PER_SAMPLE, TRAIN_DEGRADATIONS, TRAIN_SAMPLES, VALIDATION_DEGRADATIONS, VALIDATION_SAMPLES,
                    Batch, CropStream, StreamSampler, collate_samples, degrade_levels, derive_seed, read_mos_csv,
                    split_images, spread_levels)

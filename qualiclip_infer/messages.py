@@ -1,4 +1,4 @@
-"""Error-message helpers shared by the loaders: every error a user sees fits on one line."""
+"""Turning exceptions into what a user reads: every message fits on one line."""
 
 
 def first_line(error: BaseException) -> str:

@@ -22,7 +22,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import RN50_CONFIG, TINY_CONFIG, natural_image, official_state, random_clip, save_image
+from helpers import RN50_CONFIG, TINY_CONFIG, natural_image, official_state, random_clip, save_image
 from hub_server import FakeHub
 from reference_qualiclip import MEAN, STD, image_features
 
@@ -378,9 +378,10 @@ def test_options_a_model_cannot_honour():
 
 
 def test_cli_model_option(family, tmp_path):
-    from qualiclip_infer.cli import _MODEL_NAMES
+    from qualiclip_infer.cli import build_parser
 
-    assert list(_MODEL_NAMES) == list(PRESETS)
+    model_option = next(action for action in build_parser()._actions if "--model" in action.option_strings)
+    assert list(model_option.choices) == list(PRESETS)
     files = family["files"]
     image = save_image(tmp_path / "a.png", family["images"][0])
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -445,7 +446,8 @@ offline = %s
 scores = {name: QualityScorer(model=name, device="cpu", local_files_only=offline).score(image) for name in PRESETS}
 if not offline:
     from qualiclip_infer.presets import QUALICLIP_FILE
-    from qualiclip_infer.weights import file_sha256, resolve_weights
+    from qualiclip_infer.checkpoint import file_sha256
+    from qualiclip_infer.hub import resolve_weights
     scores["cached_sha256"] = file_sha256(resolve_weights(None, default=QUALICLIP_FILE))
     scores["pinned"] = QualityScorer(model="qualiclip+koniq", prompt_revision="v1", device="cpu").score(image)
 print(json.dumps(scores))
@@ -505,7 +507,7 @@ def test_training_starts_from_a_plain_clip_file(family, tmp_path):
 
 
 def test_hash_of_a_hub_cache_blob_is_its_name(tmp_path):
-    from qualiclip_infer.weights import file_sha256
+    from qualiclip_infer.checkpoint import file_sha256
 
     name = "ab" * 32
     (tmp_path / "blobs").mkdir()

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 import pytest
-from conftest import natural_image, save_image
+from helpers import natural_image, save_image
 from PIL import Image
 
 from qualiclip_infer import QualityScorer
@@ -123,7 +123,7 @@ def test_score_dataset_of_binary_files_and_of_uris(cluster, folder, tiny_checkpo
     """Bytes read by Ray, and file:// URIs read by the actors through pyarrow, score exactly like the paths."""
     import ray
 
-    from qualiclip_infer.distributed import find_inputs, score_dataset
+    from qualiclip_infer.ray_scoring import find_inputs, score_dataset
 
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
@@ -142,7 +142,7 @@ def test_score_dataset_of_binary_files_and_of_uris(cluster, folder, tiny_checkpo
 
 def test_find_inputs_lists_uris_like_folders(folder, tmp_path):
     pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install 'qualiclip-infer[ray]')")
-    from qualiclip_infer.distributed import find_inputs
+    from qualiclip_infer.ray_scoring import find_inputs
     from qualiclip_infer.files import InputNotFoundError
 
     (tmp_path / ".hidden").mkdir()
@@ -168,7 +168,7 @@ def test_find_inputs_lists_uris_like_folders(folder, tmp_path):
 def test_score_dataset_errors(cluster, folder, tiny_checkpoint, tmp_path):
     import ray
 
-    from qualiclip_infer.distributed import ray_error_cause, score_dataset
+    from qualiclip_infer.ray_scoring import ray_error_cause, score_dataset
     from qualiclip_infer.files import InputNotFoundError
 
     with pytest.raises(ValueError, match="no 'file' column"):
@@ -334,6 +334,6 @@ def test_ray_address_or_path_after_the_flag():
 
 def test_the_ray_driver_imports_no_torch():
     """The CLI's driver only passes rows along: torch (seconds of CPU) is for the actors."""
-    program = ("import sys; from qualiclip_infer import cli, distributed, parquet_rows, results; "
+    program = ("import sys; from qualiclip_infer import cli, ray_scoring, parquet_rows, results; "
                "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", program], timeout=SUBPROCESS_TIMEOUT).returncode == 0
