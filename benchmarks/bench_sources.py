@@ -1,7 +1,7 @@
 """Throughput of reading images where they lie: tar shards and Parquet against the same JPEGs as files.
 
-The same ``--count`` JPEGs (``--size``, default 2,000 of 512x384, ``tests/helpers.natural_image``, quality 90) are written
-as a folder of files, as 4 WebDataset tar shards (``KEY.jpg`` + ``KEY.json`` + ``KEY.txt``), as 40 shards (memory
+The same ``--count`` JPEGs (``--size``, default 2,000 of 512x384, ``tests/helpers.natural_image``, quality 90) are
+written as a folder of files, as 4 WebDataset tar shards (``KEY.jpg`` + ``KEY.json`` + ``KEY.txt``), as 40 shards (memory
 must not grow with the number of shards) and as one Parquet file (a ``jpg`` column, row groups of 500 rows, as
 img2dataset writes them). Each run is a fresh process that scores one of them with ``qualiclip-score``'s ``main``
 and reports its wall time from the model loaded to the last row written, images/s, the peak RSS of the process and

@@ -16,7 +16,7 @@ from typing import IO, AbstractSet, Callable, Dict, Iterator, List, Optional, Se
 from ..extras import require
 from ..messages import first_line
 from ..ray_scoring import is_uri
-from ..files import InputNotFoundError, find_images
+from ..files import InputNotFoundError, find_images, image_extensions
 from .entries import Entry, SourceError
 from .parquet import check_columns, iter_parquet
 from .tar import iter_tar
@@ -122,30 +122,42 @@ def plan_sources(paths: Sequence[str], *, recursive: bool = True, hidden: bool =
         InputNotFoundError: A PATH (or a name its braces give) names nothing.
         SourceError: A bad brace pattern, or a URI that cannot be listed.
     """
-    found: Dict[Tuple[str, str], None] = {}
-    for arg in paths:
-        for name in expand_braces(arg):
-            found.update(dict.fromkeys(_list(name, recursive, hidden)))
-    if not any(kind != "image" for kind, _ in found):
+    # A name that exists as written is not a pattern; shards are looked for first, so that a run of images only
+    # costs one walk of names here before the image listing.
+    names = [name for arg in paths for name in ([arg] if os.path.lexists(arg) else expand_braces(arg))]
+    sources = {name: _sources(name, recursive, hidden) for name in names}
+    if not any(sources.values()):
         return None
+    found: Dict[Tuple[str, str], None] = {}
+    for name in names:
+        images = [("image", image) for image in _images(name, recursive, hidden)]
+        found.update(dict.fromkeys(sorted(sources[name] + images, key=lambda item: item[1])))
     return SourcePlan(list(found), image_col, list(id_cols) if id_cols else None)
 
 
-def _list(path: str, recursive: bool, hidden: bool) -> List[Tuple[str, str]]:
+def _sources(path: str, recursive: bool, hidden: bool) -> List[Tuple[str, str]]:
+    """The shard and Parquet files a name gives (a file, a folder, a glob or a URI); ``[]`` for anything else."""
     if is_uri(path):
         return _list_uri(path, recursive, hidden)
-    kind = source_kind(path)
-    if kind and os.path.isfile(path):
-        return [(kind, os.path.normpath(path))]
-    if os.path.isdir(path) or (_GLOB_MAGIC.search(path) and not os.path.lexists(path)):
-        matches = [path] if os.path.isdir(path) else sorted(glob.glob(path, recursive=True))
-        sources = [(source_kind(match), os.path.normpath(match)) for match in matches
-                   if source_kind(match) and os.path.isfile(match)]
-        for folder in (match for match in matches if os.path.isdir(match)):
-            sources += _walk_sources(folder, recursive, hidden)
-        images = find_images([path], recursive=recursive, hidden=hidden) if matches else []
-        return sorted(sources + [("image", image) for image in images], key=lambda item: item[1])
-    return [("image", image) for image in find_images([path], recursive=recursive, hidden=hidden)]
+    if os.path.isfile(path):
+        return [(source_kind(path), os.path.normpath(path))] if source_kind(path) else []
+    if os.path.isdir(path):
+        return _walk_sources(path, recursive, hidden)
+    found = []
+    for match in sorted(glob.glob(path, recursive=True)) if _GLOB_MAGIC.search(path) else []:
+        found += _sources(match, recursive, hidden)
+    return found
+
+
+def _images(path: str, recursive: bool, hidden: bool) -> List[str]:
+    """The image files a name gives, beside its shards (a URI gives itself when its extension is an image's)."""
+    if is_uri(path):
+        return [path] if os.path.splitext(path)[1].lower() in image_extensions() else []
+    if os.path.isfile(path) and source_kind(path):
+        return []
+    if _GLOB_MAGIC.search(path) and not os.path.lexists(path) and not glob.glob(path, recursive=True):
+        return []
+    return find_images([path], recursive=recursive, hidden=hidden)
 
 
 def _walk_sources(folder: str, recursive: bool, hidden: bool) -> List[Tuple[str, str]]:
@@ -164,7 +176,7 @@ def _list_uri(uri: str, recursive: bool, hidden: bool) -> List[Tuple[str, str]]:
         filesystem, root = fs.FileSystem.from_uri(uri)
         info = filesystem.get_file_info(root)
         if info.type == fs.FileType.File:
-            return [(source_kind(uri) or "image", uri)]
+            return [(source_kind(uri), uri)] if source_kind(uri) else []
         if info.type != fs.FileType.Directory:
             raise InputNotFoundError(f"{uri}: no such file or folder")
         listed = filesystem.get_file_info(fs.FileSelector(root, recursive=recursive))
