@@ -1,14 +1,14 @@
 """Throughput of reading images where they lie: tar shards and Parquet against the same JPEGs as files.
 
 The same ``--count`` JPEGs (``--size``, default 2,000 of 512x384, ``tests/helpers.natural_image``, quality 90) are
-written as a folder of files, as 4 WebDataset tar shards (``KEY.jpg`` + ``KEY.json`` + ``KEY.txt``), as 40 shards (memory
-must not grow with the number of shards) and as one Parquet file (a ``jpg`` column, row groups of 500 rows, as
-img2dataset writes them). Each run is a fresh process that scores one of them with ``qualiclip-score``'s ``main``
-and reports its wall time from the model loaded to the last row written, images/s, the peak RSS of the process and
-how far RSS rose above its level once the model was loaded (sampled every 10 ms): the memory the scoring took.
-Runs alternate between the inputs, ``--repeats`` times; figures are medians, and the ratio against the folder is
-per round (each input's run next to the folder's run of that round) so that load from other processes hits both
-alike.
+written as a folder of files, as 4 WebDataset tar shards (``KEY.jpg`` + ``KEY.json`` + ``KEY.txt``), as 40 shards
+(memory must not grow with the number of shards) and as one Parquet file (a ``jpg`` column, row groups of 500 rows,
+as img2dataset writes them). Each run is a fresh process that scores one of them with ``qualiclip-score``'s
+``main`` and reports its wall time from the model loaded to the last row written, images/s, the peak RSS of the
+process and how far RSS rose above its level once the model was loaded (sampled every 10 ms): the memory the
+scoring took. Runs alternate between the inputs, ``--repeats`` times; figures are medians, and the ratio against
+the folder is per round (each input's run next to the folder's run of that round) so that load from other processes
+hits both alike.
 
 The model is the tiny test CLIP by default (``--model tiny``): reading and decoding then dominate, the harshest
 comparison for the readers. ``--model rn50`` uses a full-size RN50 with random weights, where the model dominates.
@@ -44,13 +44,13 @@ def sample():
     while True:
         peak[0] = max(peak[0], rss())
         time.sleep(0.01)
-original = cli._load_scorer
+original = cli.load_scorer
 def timed_load(args, prompts):
     scorer = original(args, prompts)
     loaded["rss"], loaded["at"] = rss(), time.perf_counter()
     threading.Thread(target=sample, daemon=True).start()
     return scorer
-cli._load_scorer = timed_load
+cli.load_scorer = timed_load
 status = cli.main(sys.argv[1:])
 wall = time.perf_counter() - loaded["at"]
 print(json.dumps({"status": status, "scoring_s": wall, "growth_mib": max(peak[0], rss()) - loaded["rss"],
