@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import List
 
 import pytest
 
@@ -171,25 +172,34 @@ def test_memory_does_not_grow_with_the_row_groups(tmp_path, scorer):
 # Resuming
 
 
-@pytest.mark.parametrize("cut_after", ["shards/00000.tar::000001.jpg", "img2dataset.parquet::1"])
+def _rows_of(path: Path) -> List[dict]:
+    if path.suffix == ".csv":
+        return csv_rows(path)
+    return [{key: "" if value is None else str(value) for key, value in json.loads(line).items()}
+            for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("cut_after, suffix", [("shards/00000.tar::000001.jpg", ".csv"),
+                                               ("img2dataset.parquet::1", ".csv"),
+                                               ("shards/00001.tar.gz::000010.jpg", ".jsonl")])
 def test_resume_after_a_kill_scores_each_member_and_row_once(shards, parquet_files, tiny_checkpoint, tmp_path,
-                                                             cut_after):
+                                                             cut_after, suffix):
     for name in ("shards", "img2dataset.parquet"):
         source = shards / name if name == "shards" else parquet_files / name
         (tmp_path / name).symlink_to(source)
     args = ("shards/0000{0,1}.tar*", "img2dataset.parquet", "--weights", tiny_checkpoint, "--device", "cpu", "-q")
-    full = run_module(SCORE, *args, "-o", "full.csv", cwd=tmp_path)
+    full = run_module(SCORE, *args, "-o", f"full{suffix}", cwd=tmp_path)
     assert full.returncode == 1, full.stderr
-    text = (tmp_path / "full.csv").read_text()
-    lines = text.splitlines(keepends=True)
-    kept = next(i for i, line in enumerate(lines) if line.startswith(cut_after + ",")) + 1
+    lines = (tmp_path / f"full{suffix}").read_text().splitlines(keepends=True)
+    kept = next(i for i, line in enumerate(lines) if cut_after in line.split(",")[0]) + 1
     # What a kill leaves: the rows written so far and half of the next one.
-    (tmp_path / "killed.csv").write_text("".join(lines[:kept]) + lines[kept][:12])
-    resumed = run_module(SCORE, *args, "-o", "killed.csv", "--resume", cwd=tmp_path)
+    (tmp_path / f"killed{suffix}").write_text("".join(lines[:kept]) + lines[kept][:12])
+    resumed = run_module(SCORE, *args, "-o", f"killed{suffix}", "--resume", cwd=tmp_path)
     assert resumed.returncode == 1, resumed.stderr
-    before, after = csv_rows(tmp_path / "full.csv"), csv_rows(tmp_path / "killed.csv")
+    before, after = _rows_of(tmp_path / f"full{suffix}"), _rows_of(tmp_path / f"killed{suffix}")
     assert [row["path"] for row in after] == [row["path"] for row in before]  # every member and row once, in order
     assert [row["error"] for row in after] == [row["error"] for row in before]
+    assert [row.get("key") for row in after] == [row.get("key") for row in before]
     # Rows scored again may share a batch with other images than before: float sums in another order.
     assert all(abs(float(a["score"]) - float(b["score"])) <= 1e-6 for a, b in zip(after, before) if b["score"])
 
