@@ -22,7 +22,7 @@ import math
 import os
 import tarfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .messages import first_line
 from .ray_scoring import is_uri
@@ -295,8 +295,7 @@ class ParquetPartWriter:
 
 
 def write_kept(plan: SourcePlan, selection: Selection, scores: List[Optional[float]], folder: str, *,
-               shard_size: int = SHARD_SIZE, score_key: str = SCORE_KEY,
-               progress: Optional[Callable[[int], None]] = None) -> List[Dict[str, Any]]:
+               shard_size: int = SHARD_SIZE, score_key: str = SCORE_KEY) -> List[Dict[str, Any]]:
     """Writes the kept units of the plan's inputs into ``folder``; returns the files written with their counts.
 
     The units are enumerated as :func:`iter_units` enumerates them, so ``scores[i]`` and ``selection.keep[i]``
@@ -319,8 +318,6 @@ def write_kept(plan: SourcePlan, selection: Selection, scores: List[Optional[flo
                 if selection.keep[index]:
                     paths.append(path)
                 index += 1
-            if progress is not None:
-                progress(index)
     finally:
         tars.close()
         parquets.close()
