@@ -1,8 +1,8 @@
 """Keeping or dropping samples by score: the thresholds, and writing the filtered dataset (``qualiclip-filter``).
 
 A *unit* is what is kept or dropped whole: a WebDataset sample (every member sharing a key; its score is the lowest
-score of its image members), a Parquet row, or an image file. Inputs are read twice, never changed: once to score
-each unit (from a scores file or the scores given), once to write the kept units, in input order, to new files:
+score of its image members), a Parquet row, or an image file. Inputs are only read (once more first when scored
+on the fly): once to score each unit from the scores, once to write the kept units, in input order, to new files:
 
 - tar shards ``OUT/00000.tar``, ``OUT/00001.tar``... of ``shard_size`` samples, every member kept and the score
   added to the sample's ``.json`` under ``score_key`` (a ``KEY.json`` is added where a sample has none);
