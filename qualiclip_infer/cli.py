@@ -29,6 +29,7 @@ from .files import InputNotFoundError, find_images, mirrored_paths
 from .output import (FORMATS, RESUMABLE_FORMATS, OutputFileError, RowWriter, choose_format, close_output,
                      open_output, prepare_resume)
 from .ray_scoring import RayJobError, is_ray_address, parse_actors, ray_rows
+from .sources import SourceError, SourcePlan, plan_sources
 from .streams import reserve_standard_descriptors, silence_libtiff
 from .writelock import OutputBusyError, OutputLock
 
@@ -65,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     found.add_argument("--shard", type=parse_shard, metavar="K/N",
                        help="score only shard K of N (1 <= K <= N), chosen by a hash of each path, so N machines "
                             "can split a collection")
+    found.add_argument("--image-col", metavar="NAME",
+                       help="Parquet inputs: the column of encoded images (default: the first binary column among "
+                            "jpg, png, webp, image, bytes; a Hugging Face {bytes, path} struct too)")
+    found.add_argument("--id-col", action="append", metavar="NAME",
+                       help="Parquet inputs: a column carried into the rows; repeat for several (default: key when "
+                            "present, else the row number)")
 
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", metavar="FILE", help="write rows to FILE instead of standard output")
@@ -278,6 +285,13 @@ def _is_special_file(path: str) -> bool:
 def _run_locked(args: argparse.Namespace, fmt: str) -> int:
     apply_offline(args)
     prompts = read_prompts(args.prompts) if args.prompts else None
+    try:  # tar shards and Parquet files (docs/datasets.md) are read entry by entry, with extra columns
+        plan = plan_sources(args.paths, recursive=args.recursive, hidden=args.hidden, image_col=args.image_col,
+                            id_cols=args.id_col)
+    except (InputNotFoundError, SourceError) as error:
+        raise UsageError(str(error)) from None
+    if plan is not None:
+        return _run_sources(args, plan, fmt, prompts)
     paths = _find(args)
     # From every path found, before sharding and resuming, so that each run lays maps out the same way.
     map_files = mirrored_paths(paths, args.maps, ".png") if args.maps else {}
@@ -339,6 +353,41 @@ def _run_locked(args: argparse.Namespace, fmt: str) -> int:
                                         say=lambda message: say(PROG, message), quiet=args.quiet, maps=map_files,
                                         workers=args.workers, note=f"{len(paths)} images scored by {PROG}")
     return EXIT_FAILURES if failures or (maps and maps.failures) or not report_ok else EXIT_OK
+
+
+def _run_sources(args: argparse.Namespace, plan: SourcePlan, fmt: str,
+                 prompts: Optional[List[Tuple[str, str]]]) -> int:
+    """Scores tar shards and Parquet files (and images beside them) entry by entry; rows carry the extra columns."""
+    from .sources import score_entries
+    from .sources.rows import SourceParquetWriter, SourceRowWriter, prepare_source_resume
+
+    if args.ray is not None or args.maps or args.report or args.calibration:
+        raise UsageError("--ray, --maps, --report and --calibration take image files, not tar shards or Parquet "
+                         "files")
+    if args.shard:  # whole shard and Parquet files, so each machine streams its own files
+        plan = plan.select(lambda path: in_shard(path, *args.shard))
+    try:
+        extra = plan.extra_columns()
+        finished, has_content = prepare_source_resume(args.output, fmt, extra) if args.resume else (set(), False)
+    except (SourceError, OutputFileError) as error:
+        raise UsageError(str(error)) from None
+    if finished and not args.quiet:
+        say(PROG, f"resuming: {len(finished)} images already in {args.output}")
+    rows = score_entries(load_scorer(args, prompts), plan.entries(skip=finished), workers=args.workers)
+    try:
+        stream = None if fmt == "parquet" else open_output(args.output, append=args.resume)
+    except OutputFileError as error:
+        raise UsageError(str(error)) from None
+    try:
+        writer = (SourceParquetWriter(args.output, extra) if stream is None
+                  else SourceRowWriter(stream, fmt, extra, header=not has_content))
+        scores, failures = _score_and_write(rows, None, args, writer)
+    finally:
+        if stream is not None and stream is not sys.stdout:
+            stream.close()
+    if args.summary and sys.stderr is not None:
+        print(summary(scores, failures), file=sys.stderr)
+    return EXIT_FAILURES if failures else EXIT_OK
 
 
 def _find(args: argparse.Namespace) -> List[str]:
