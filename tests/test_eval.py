@@ -537,7 +537,9 @@ def test_scoring_options_have_the_same_names_as_qualiclip_score():
     shared = options(score_parser()) - {"-o", "--output", "--format", "--resume", "--sort", "--reverse",
                                          "--min-score", "--max-score", "--summary", "--no-recursive", "--hidden",
                                          "--shard", "--maps", "--map-method", "--calibration",  # written besides rows
-                                         "--ray", "--actors", "--cpus-per-actor", "--gpus-per-actor"}  # where
+                                         "--ray", "--actors", "--cpus-per-actor", "--gpus-per-actor",  # where
+                                         "--image-col", "--id-col",  # inputs of shards and Parquet files
+                                         "--read-timeout", "--info"}  # of the scoring command alone
     assert shared <= options(build_parser())
     args = build_parser().parse_args(["mos.csv", "-o", "r.json", "--model", "clipiqa", "--weights", "w.pth",
                                       "--precision", "bf16", "--max-pixels", "2"])
