@@ -16,9 +16,8 @@ import hashlib
 import os
 import re
 import stat
-import statistics
 import sys
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 from ._cli import (EXIT_FAILURES, EXIT_OK, Parser, UsageError, add_scoring_options, apply_offline, check_writable,
                    exit_status_epilog, finite_float, load_scorer, positive_float, read_prompts, run, say,
@@ -29,15 +28,15 @@ from .files import InputNotFoundError, find_images, mirrored_paths
 from .output import (FORMATS, RESUMABLE_FORMATS, OutputFileError, RowWriter, choose_format, close_output,
                      open_output, prepare_resume)
 from .ray_scoring import RayJobError, is_ray_address, parse_actors, ray_rows
+from .results import CALIBRATED_COLUMNS
+from .score_writing import PROG, MapWriter, score_and_write, summary
 from .sources import SourceError, SourcePlan, plan_sources
 from .streams import reserve_standard_descriptors, silence_libtiff
 from .writelock import OutputBusyError, OutputLock
 
 if TYPE_CHECKING:
+    from .parquet_rows import ParquetRowWriter
     from .results import ScoreResult
-    from .scorer import QualityScorer
-
-PROG = "qualiclip-score"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -178,60 +177,6 @@ def in_shard(path: str, shard: int, shards: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Output
-
-
-class _Progress:
-    """A tqdm bar on standard error when it is a terminal, and the per-file error messages."""
-
-    def __init__(self, total: int, quiet: bool, bar: bool = True):
-        self._quiet = quiet
-        self._bar = None
-        if bar and not quiet and sys.stderr is not None and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm  # installed with huggingface_hub, but not a promise of ours
-            except ImportError:
-                say(PROG, "no progress bar: the 'tqdm' package is not installed")
-                return
-            self._bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
-
-    def advance(self, row: ScoreResult) -> None:
-        if row.error and not self._quiet:
-            self._message(f"{row.name}: {row.error}")
-        if self._bar is not None:
-            self._bar.update(1)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-    def _message(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.write(f"{PROG}: {text}", file=sys.stderr)
-        else:
-            say(PROG, text)
-
-
-def summary(scores: Sequence[float], failures: int) -> str:
-    """The ``--summary`` text: image count, failures and score statistics of one run."""
-    lines = [f"images   {len(scores) + failures}", f"scored   {len(scores)}", f"failed   {failures}"]
-    if scores:
-        lines += [f"{name:<8} {value:.4f}" for name, value in (
-            ("mean", statistics.fmean(scores)), ("median", statistics.median(scores)),
-            ("min", min(scores)), ("max", max(scores)))]
-    return "\n".join(lines)
-
-
-def _sorted_rows(rows: List[ScoreResult], key: str, reverse: bool) -> List[ScoreResult]:
-    """Rows sorted by path, or by score with unscored rows last."""
-    if key == "path":
-        return sorted(rows, key=lambda row: row.name, reverse=reverse)
-    scored = sorted((row for row in rows if row.score is not None), key=lambda row: (row.score, row.name),
-                    reverse=reverse)
-    return scored + [row for row in rows if row.score is None]
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Main
 
 
@@ -282,40 +227,31 @@ def _is_special_file(path: str) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
+class _Inputs(NamedTuple):
+    """What a run scores: image files, or the entries of tar shards and Parquet files (docs/datasets.md)."""
+
+    paths: Optional[List[str]]  # the image files (None for entries), before --resume
+    plan: Optional[SourcePlan]  # the shards and Parquet files, read entry by entry
+    extra: Tuple[str, ...]  # the columns after the base ones: mos, percentile, or key and --id-col values
+    map_files: Dict[str, str]
+
+
 def _run_locked(args: argparse.Namespace, fmt: str) -> int:
     apply_offline(args)
     prompts = read_prompts(args.prompts) if args.prompts else None
-    try:  # tar shards and Parquet files (docs/datasets.md) are read entry by entry, with extra columns
-        plan = plan_sources(args.paths, recursive=args.recursive, hidden=args.hidden, image_col=args.image_col,
-                            id_cols=args.id_col)
-    except (InputNotFoundError, SourceError) as error:
-        raise UsageError(str(error)) from None
-    if plan is not None:
-        return _run_sources(args, plan, fmt, prompts)
-    paths = _find(args)
-    # From every path found, before sharding and resuming, so that each run lays maps out the same way.
-    map_files = mirrored_paths(paths, args.maps, ".png") if args.maps else {}
-    if args.maps and os.path.exists(args.maps) and not os.path.isdir(args.maps):
-        raise UsageError(f"--maps {args.maps}: not a folder")
-    if args.shard:
-        paths = [path for path in paths if in_shard(path, *args.shard)]
+    inputs = _inputs(args)
     try:
-        finished, has_content = prepare_resume(args.output, fmt) if args.resume else (set(), False)
+        finished, has_content = prepare_resume(args.output, fmt, inputs.extra) if args.resume else (set(), False)
     except OutputFileError as error:
         raise UsageError(str(error)) from None
+    paths = inputs.paths
     if finished:
-        paths = [path for path in paths if path not in finished]
+        if paths is not None:
+            paths = [path for path in paths if path not in finished]
         if not args.quiet:
-            say(PROG, f"resuming: {len(finished)} images already in {args.output}, {len(paths)} to score")
-    maps = None
-    if args.ray is not None:
-        rows = _ray_rows(args, paths, prompts)
-    else:
-        scorer = load_scorer(args, prompts)
-        if args.quiet or sys.stderr is None:
-            silence_libtiff()
-        rows = scorer.iter_scores(paths, workers=args.workers, read_timeout=args.read_timeout)
-        maps = _MapWriter(scorer, map_files, args.map_method) if args.maps else None
+            left = "" if paths is None else f", {len(paths)} to score"
+            say(PROG, f"resuming: {len(finished)} images already in {args.output}{left}")
+    rows, maps = _scored_rows(args, prompts, inputs, paths, finished)
     if args.report:
         from .report import RowCollector
 
@@ -327,12 +263,12 @@ def _run_locked(args: argparse.Namespace, fmt: str) -> int:
     own_file = stream is not None and stream is not sys.stdout
     try:
         if stream is None:
-            writer = _parquet_writer(args.output, calibrated=args.calibration is not None)
+            writer = _parquet_writer(args.output, inputs.extra)
         else:
-            writer = RowWriter(stream, fmt, header=not has_content, path_width=max(map(len, paths), default=4),
-                               calibrated=args.calibration is not None,
+            width = 40 if paths is None else max(map(len, paths), default=4)
+            writer = RowWriter(stream, fmt, header=not has_content, path_width=width, extra_columns=inputs.extra,
                                name=args.output or "standard output")
-        scores, failures = _score_and_write(rows, len(paths), args, writer, maps)
+        scores, failures = score_and_write(rows, None if paths is None else len(paths), args, writer, maps)
     except BaseException:
         if own_file:
             try:
@@ -350,44 +286,53 @@ def _run_locked(args: argparse.Namespace, fmt: str) -> int:
         from .report.publish import publish_for_command
 
         report_ok = publish_for_command(args.output if args.resume else collected.rows, args.report,
-                                        say=lambda message: say(PROG, message), quiet=args.quiet, maps=map_files,
-                                        workers=args.workers, note=f"{len(paths)} images scored by {PROG}")
+                                        say=lambda message: say(PROG, message), quiet=args.quiet,
+                                        maps=inputs.map_files, workers=args.workers,
+                                        note=f"{len(paths)} images scored by {PROG}")
     return EXIT_FAILURES if failures or (maps and maps.failures) or not report_ok else EXIT_OK
 
 
-def _run_sources(args: argparse.Namespace, plan: SourcePlan, fmt: str,
-                 prompts: Optional[List[Tuple[str, str]]]) -> int:
-    """Scores tar shards and Parquet files (and images beside them) entry by entry; rows carry the extra columns."""
-    from .sources import score_entries
-    from .sources.rows import SourceParquetWriter, SourceRowWriter, prepare_source_resume
+def _inputs(args: argparse.Namespace) -> _Inputs:
+    """The inputs the PATHs name, sharded with ``--shard``, after refusing the options they cannot take."""
+    try:  # tar shards and Parquet files are read entry by entry, with extra columns
+        plan = plan_sources(args.paths, recursive=args.recursive, hidden=args.hidden, image_col=args.image_col,
+                            id_cols=args.id_col)
+    except (InputNotFoundError, SourceError) as error:
+        raise UsageError(str(error)) from None
+    if plan is not None:
+        if args.ray is not None or args.maps or args.report or args.calibration:
+            raise UsageError("--ray, --maps, --report and --calibration take image files, not tar shards or "
+                             "Parquet files")
+        if args.shard:  # whole shard and Parquet files, so each machine streams its own files
+            plan = plan.select(lambda path: in_shard(path, *args.shard))
+        try:
+            return _Inputs(None, plan, tuple(plan.extra_columns()), {})
+        except SourceError as error:
+            raise UsageError(str(error)) from None
+    paths = _find(args)
+    # From every path found, before sharding and resuming, so that each run lays maps out the same way.
+    map_files = mirrored_paths(paths, args.maps, ".png") if args.maps else {}
+    if args.maps and os.path.exists(args.maps) and not os.path.isdir(args.maps):
+        raise UsageError(f"--maps {args.maps}: not a folder")
+    if args.shard:
+        paths = [path for path in paths if in_shard(path, *args.shard)]
+    return _Inputs(paths, None, CALIBRATED_COLUMNS if args.calibration else (), map_files)
 
-    if args.ray is not None or args.maps or args.report or args.calibration:
-        raise UsageError("--ray, --maps, --report and --calibration take image files, not tar shards or Parquet "
-                         "files")
-    if args.shard:  # whole shard and Parquet files, so each machine streams its own files
-        plan = plan.select(lambda path: in_shard(path, *args.shard))
-    try:
-        extra = plan.extra_columns()
-        finished, has_content = prepare_source_resume(args.output, fmt, extra) if args.resume else (set(), False)
-    except (SourceError, OutputFileError) as error:
-        raise UsageError(str(error)) from None
-    if finished and not args.quiet:
-        say(PROG, f"resuming: {len(finished)} images already in {args.output}")
-    rows = score_entries(load_scorer(args, prompts), plan.entries(skip=finished), workers=args.workers)
-    try:
-        stream = None if fmt == "parquet" else open_output(args.output, append=args.resume)
-    except OutputFileError as error:
-        raise UsageError(str(error)) from None
-    try:
-        writer = (SourceParquetWriter(args.output, extra) if stream is None
-                  else SourceRowWriter(stream, fmt, extra, header=not has_content))
-        scores, failures = _score_and_write(rows, None, args, writer)
-    finally:
-        if stream is not None and stream is not sys.stdout:
-            stream.close()
-    if args.summary and sys.stderr is not None:
-        print(summary(scores, failures), file=sys.stderr)
-    return EXIT_FAILURES if failures else EXIT_OK
+
+def _scored_rows(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str]]], inputs: _Inputs,
+                 paths: Optional[List[str]], finished: Set[str]) -> Tuple[Iterable[ScoreResult], Optional[MapWriter]]:
+    """The rows as they are scored (on Ray, or by a local scorer that also draws the ``--maps``)."""
+    if args.ray is not None:
+        return _ray_rows(args, paths, prompts), None
+    scorer = load_scorer(args, prompts)
+    if args.quiet or sys.stderr is None:
+        silence_libtiff()
+    if inputs.plan is not None:
+        from .sources import score_entries
+
+        return score_entries(scorer, inputs.plan.entries(skip=finished), workers=args.workers), None
+    rows = scorer.iter_scores(paths, workers=args.workers, read_timeout=args.read_timeout)
+    return rows, MapWriter(scorer, inputs.map_files, args.map_method) if args.maps else None
 
 
 def _find(args: argparse.Namespace) -> List[str]:
@@ -456,72 +401,10 @@ def _ray_rows(args: argparse.Namespace, paths: Sequence[str],
         raise UsageError(str(error)) from error
 
 
-def _parquet_writer(path: str, calibrated: bool = False) -> RowWriter:
+def _parquet_writer(path: str, extra_columns: Sequence[str]) -> ParquetRowWriter:
     try:
         from .parquet_rows import ParquetRowWriter
 
-        return ParquetRowWriter(path, calibrated)
+        return ParquetRowWriter(path, extra_columns)
     except OSError as error:
         raise UsageError(f"-o {path}: {error.strerror or error}") from error
-
-
-def _score_and_write(rows: Iterable[ScoreResult], total: int, args: argparse.Namespace, writer: RowWriter,
-                     maps: Optional[_MapWriter] = None) -> Tuple[List[float], int]:
-    """Reports and writes the rows as they are scored, drawing their maps; returns the scores and the failures."""
-    scores: List[float] = []
-    failures = 0
-    held: List[ScoreResult] = []
-    progress = _Progress(total, args.quiet, bar=args.ray is None)  # with --ray, Ray Data draws its own
-    try:
-        for row in rows:
-            if maps is not None:
-                maps.write(row)
-            progress.advance(row)
-            if row.ok:
-                scores.append(row.score)
-            else:
-                failures += 1
-            if not _in_range(row, args.min_score, args.max_score):
-                continue
-            if args.sort:
-                held.append(row)
-            else:
-                writer.write([row])
-        if args.sort:
-            writer.write(_sorted_rows(held, args.sort, args.reverse))
-    finally:
-        progress.close()
-        writer.close()
-    return scores, failures
-
-
-class _MapWriter:
-    """Draws the quality map of each scored image into its ``--maps`` file; a failure is reported and counted."""
-
-    def __init__(self, scorer: QualityScorer, files: Dict[str, str], method: str):
-        self._scorer = scorer
-        self._files = files
-        self._method = method
-        self.failures = 0
-
-    def write(self, row: ScoreResult) -> None:
-        from .images import failure_cause, to_tensor
-        from .render import save_map
-
-        if not row.ok:
-            return
-        target = self._files[row.name]
-        try:
-            image = to_tensor(row.name, row.name)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            save_map(image, self._scorer.quality_map(image, method=self._method), target)
-        except Exception as error:  # a map is extra: the row is scored and written all the same
-            self.failures += 1
-            say(PROG, f"{row.name}: quality map not written to {target}: {failure_cause(error, row.name)}")
-
-
-def _in_range(row: ScoreResult, low: Optional[float], high: Optional[float]) -> bool:
-    """Failed rows are always listed; scored rows when within ``[low, high]``."""
-    if row.score is None:
-        return True
-    return (low is None or row.score >= low) and (high is None or row.score <= high)

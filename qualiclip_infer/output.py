@@ -2,7 +2,9 @@
 
 Kept free of torch so that the CLI can check the output (and refuse a bad ``--resume`` file) before it loads the
 model. Writers accept any row object with ``name``, ``score``, ``width``, ``height`` and ``error`` attributes (the
-engine's ``ScoreResult``); files call that first column ``path``.
+engine's ``ScoreResult``); files call that first column ``path``. After these columns come the run's extra columns,
+if any (``mos, percentile`` of a calibration, the ``key`` or ``--id-col`` values of shard and Parquet inputs), read
+with :func:`~qualiclip_infer.results.row_value`.
 
 Every path string must survive a write and a resume unchanged, whatever it contains: commas, quotes, newlines,
 ``\\r``, U+2028 and other characters that :meth:`str.splitlines` treats as line breaks, spaces at either end, and
@@ -22,7 +24,7 @@ import stat
 import sys
 from typing import IO, Any, Iterable, NamedTuple, Optional, Sequence, Set, TextIO, Tuple
 
-from .results import CALIBRATED_COLUMNS, COLUMNS, SCORE_DECIMALS, ScoredRow, json_record
+from .results import COLUMNS, SCORE_DECIMALS, ScoredRow, json_record, row_value
 
 FORMATS = ("table", "csv", "jsonl", "json", "parquet")
 RESUMABLE_FORMATS = ("csv", "jsonl")
@@ -30,7 +32,6 @@ SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json":
 _TOOL = "qualiclip-score"
 # Output files are UTF-8; file names that are not are written as their raw bytes and read back the same way.
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"
-_CSV_HEADER = ",".join(COLUMNS) + "\n"
 # How every jsonl record the writer produces begins: a cut-off last line must be a prefix of a record.
 _JSONL_START = '{"path": "'
 _CSV_SCORE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")  # never nan or inf: this tool writes no such score
@@ -129,12 +130,13 @@ class RowWriter:
         fmt: One of :data:`FORMATS`.
         header: Write the csv/table header (not when appending to an earlier run's file).
         path_width: Width of the table's path column.
-        calibrated: Also write the :data:`~qualiclip_infer.results.CALIBRATED_COLUMNS` of each row.
+        extra_columns: The columns written after the base ones (e.g.
+            :data:`~qualiclip_infer.results.CALIBRATED_COLUMNS`), in order.
         name: How a write error names the output (``-o`` FILE).
     """
 
     def __init__(self, stream: TextIO, fmt: str, *, header: bool = True, path_width: int = 40,
-                 calibrated: bool = False, name: str = "standard output"):
+                 extra_columns: Sequence[str] = (), name: str = "standard output"):
         if fmt not in FORMATS:
             raise ValueError(f"unknown output format {fmt!r}; expected one of {', '.join(FORMATS)}")
         self._stream = stream
@@ -142,9 +144,9 @@ class RowWriter:
         self._path_width = path_width
         self._name = name
         self._count = 0
-        self._calibrated = calibrated
+        self._extra = tuple(extra_columns)
         self._failed = False
-        columns = COLUMNS + CALIBRATED_COLUMNS if calibrated else COLUMNS
+        columns = COLUMNS + self._extra
         if fmt == "json":
             self._put("[")
         elif header and fmt == "csv":
@@ -186,17 +188,17 @@ class RowWriter:
     def _format(self, row: ScoredRow) -> str:
         self._count += 1
         if self._fmt in ("jsonl", "json"):
-            text = json.dumps(json_record(row, self._calibrated), ensure_ascii=False)
+            # default=str: an --id-col value of a type json lacks (a date, a decimal) is written as its text
+            text = json.dumps(json_record(row, self._extra), ensure_ascii=False, default=str)
             return text + "\n" if self._fmt == "jsonl" else ("," if self._count > 1 else "") + "\n" + text
         decimals = SCORE_DECIMALS if self._fmt == "csv" else 4
         cells = [row.name, _decimal(row.score, decimals), _blank(row.width), _blank(row.height), row.error]
-        if self._calibrated:
-            cells += [_decimal(row.mos, decimals), _decimal(row.percentile, 2)]
+        cells += [_cell(row_value(row, column), column, decimals) for column in self._extra]
         return _csv_line(cells) if self._fmt == "csv" else self._table_line(cells)
 
     def _table_line(self, cells: Sequence[str]) -> str:
-        path, score, width, height, error, *calibrated = cells
-        extra = "".join(f"  {cell:>10}" for cell in calibrated)
+        path, score, width, height, error, *extra_cells = cells
+        extra = "".join(f"  {cell:>10}" for cell in extra_cells)
         return f"{path:<{self._path_width}}  {score:>6}  {width:>5}  {height:>6}{extra}  {error}".rstrip() + "\n"
 
 
@@ -213,15 +215,24 @@ def _decimal(value: Optional[float], decimals: int) -> str:
     return "" if value is None else f"{value:.{decimals}f}"
 
 
-def _blank(value: Optional[int]) -> str:
+def _blank(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _cell(value: Any, column: str, decimals: int) -> str:
+    """An extra column's text: calibrated values as decimals (percentiles with 2), anything else as it is."""
+    if column == "mos":
+        return _decimal(value, decimals)
+    if column == "percentile":
+        return _decimal(value, 2)
+    return _blank(value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Resuming
 
 
-def prepare_resume(path: str, fmt: str) -> Finished:
+def prepare_resume(path: str, fmt: str, extra_columns: Sequence[str] = ()) -> Finished:
     """Checks an earlier run's output file and readies it for appending, for ``--resume``.
 
     The whole file is validated first, without changing it: the csv header, and every complete record (its
@@ -232,6 +243,7 @@ def prepare_resume(path: str, fmt: str) -> Finished:
     Args:
         path: The ``-o`` file; it need not exist.
         fmt: ``csv`` or ``jsonl``.
+        extra_columns: The columns the run writes after the base ones; the file must have exactly these.
 
     Returns:
         The paths already in the file, and whether it has content (so appended csv rows need no header).
@@ -255,7 +267,8 @@ def prepare_resume(path: str, fmt: str) -> Finished:
         raise OutputFileError(f"--resume {path}: not a regular file; --resume reads an earlier run's {fmt} file")
     try:
         with open(path, "rb") as f:
-            scan = _scan_csv(path, f) if fmt == "csv" else _scan_jsonl(path, f)
+            columns = COLUMNS + tuple(extra_columns)
+            scan = _scan_csv(path, f, columns) if fmt == "csv" else _scan_jsonl(path, f, columns)
             size = f.seek(0, os.SEEK_END)
     except FileNotFoundError:
         return Finished(set(), False)
@@ -310,11 +323,12 @@ def _refuse(path: str, fmt: str, reason: str) -> OutputFileError:
     return OutputFileError(f"--resume {path}: not a {_TOOL} {fmt} output ({reason}); the file is left unchanged")
 
 
-def _scan_csv(path: str, f: IO[bytes]) -> _Scan:
+def _scan_csv(path: str, f: IO[bytes], columns: Tuple[str, ...]) -> _Scan:
     lines = _Lines(f)
     rows = csv.reader(lines, strict=True)
     names: Set[str] = set()
     start = 0  # where the record being read begins
+    header = _csv_line(columns)
     while True:
         first = lines.number + 1
         try:
@@ -328,27 +342,27 @@ def _scan_csv(path: str, f: IO[bytes]) -> _Scan:
         else:
             cut = not lines.ended  # no newline after the last row: cut off by the kill, maybe mid-number
         if start == 0:
-            if cut and lines.number == 1 and _CSV_HEADER.startswith(lines.last):
+            if cut and lines.number == 1 and header.startswith(lines.last):
                 # Killed while writing the header: complete it rather than empty the file.
-                return _Scan(names, lines.offset, True) if lines.last == _CSV_HEADER[:-1] else _Scan(names, 0, False)
-            if cut or tuple(row) != COLUMNS:
+                return _Scan(names, lines.offset, True) if lines.last == header[:-1] else _Scan(names, 0, False)
+            if cut or tuple(row) != columns:
                 found = "" if cut else f", found {_clip(','.join(row))}"
-                raise _refuse(path, "csv", f"no header {','.join(COLUMNS)}{found}")
+                raise _refuse(path, "csv", f"no header {','.join(columns)}{found}")
         elif cut:
             return _Scan(names, start, False)
         else:
-            problem = _csv_problem(row)
+            problem = _csv_problem(row, columns)
             if problem:
                 raise _refuse(path, "csv", f"line {first}: {problem}")
             names.add(row[0])
         start = lines.offset
 
 
-def _csv_problem(row: Sequence[str]) -> str:
-    """Why a csv record is not a row this tool writes, or ``""``."""
-    if len(row) != len(COLUMNS):
-        return f"{len(row)} columns instead of {len(COLUMNS)}"
-    path, score, width, height, _ = row
+def _csv_problem(row: Sequence[str], columns: Tuple[str, ...]) -> str:
+    """Why a csv record is not a row this tool writes, or ``""``; extra columns may hold any text."""
+    if len(row) != len(columns):
+        return f"{len(row)} columns instead of {len(columns)}"
+    path, score, width, height, _ = row[:len(COLUMNS)]
     if not path:
         return "empty path"
     if "\0" in path:
@@ -361,12 +375,12 @@ def _csv_problem(row: Sequence[str]) -> str:
     return ""
 
 
-def _scan_jsonl(path: str, f: IO[bytes]) -> _Scan:
+def _scan_jsonl(path: str, f: IO[bytes], columns: Tuple[str, ...]) -> _Scan:
     lines = _Lines(f)
     names: Set[str] = set()
     start = 0
     for line in lines:
-        problem, name = _jsonl_row(line)
+        problem, name = _jsonl_row(line, columns)
         if not lines.ended:  # the last line lacks its newline
             if not problem:  # a whole record (it ends with its closing brace): keep it
                 names.add(name)
@@ -381,16 +395,17 @@ def _scan_jsonl(path: str, f: IO[bytes]) -> _Scan:
     return _Scan(names, start, False)
 
 
-def _jsonl_row(line: str) -> Tuple[str, str]:
-    """Why a jsonl line is not a row this tool writes (``""`` if it is), and the row's path."""
+def _jsonl_row(line: str, columns: Tuple[str, ...]) -> Tuple[str, str]:
+    """Why a jsonl line is not a row this tool writes (``""`` if it is), and the row's path; extra columns may hold
+    any json value."""
     try:
         value: Any = json.loads(line)
     except ValueError:
         return "not json", ""
     if not isinstance(value, dict):
         return f"a json {type(value).__name__}, not an object", ""
-    if value.keys() != set(COLUMNS):
-        return f"keys {_clip(', '.join(map(str, value)))} instead of {', '.join(COLUMNS)}", ""
+    if value.keys() != set(columns):
+        return f"keys {_clip(', '.join(map(str, value)))} instead of {', '.join(columns)}", ""
     if not isinstance(value["path"], str) or not value["path"]:
         return "path is not a non-empty string", ""
     if "\0" in value["path"]:

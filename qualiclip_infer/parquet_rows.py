@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import TYPE_CHECKING, Any, Iterable, List
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Sequence
 
 from .extras import require
-from .results import CALIBRATED_COLUMNS, COLUMNS, row_values
+from .results import CALIBRATED_COLUMNS, COLUMNS, ScoredRow, row_values
 
 if TYPE_CHECKING:
     import pyarrow
@@ -25,14 +25,24 @@ def require_pyarrow() -> None:
     require("pyarrow.parquet", "ray", "Parquet output")
 
 
-def row_schema(calibrated: bool = False) -> "pyarrow.Schema":
-    """The Arrow schema of score rows: path, score (float64), width, height (int64), error (str); with
-    ``calibrated``, mos and percentile (float64) after them."""
+def row_schema(extra_columns: Sequence[str] = ()) -> "pyarrow.Schema":
+    """The Arrow schema of score rows: path, score (float64), width, height (int64), error (str), then
+    ``extra_columns``: mos and percentile (float64), any other (``key``, ``--id-col`` values) as strings."""
     import pyarrow as pa
 
     types = {"path": pa.string(), "score": pa.float64(), "width": pa.int64(), "height": pa.int64(),
              "error": pa.string(), "mos": pa.float64(), "percentile": pa.float64()}
-    return pa.schema([(column, types[column]) for column in COLUMNS + (CALIBRATED_COLUMNS if calibrated else ())])
+    return pa.schema([(column, types.get(column, pa.string())) for column in (*COLUMNS, *extra_columns)])
+
+
+def parquet_values(row: ScoredRow, extra_columns: Sequence[str] = ()) -> Dict[str, Any]:
+    """A row's values for :func:`row_schema`: full precision, the string columns beyond it as text (``None`` when
+    empty)."""
+    values = row_values(row, extra_columns)
+    for column in extra_columns:
+        if column not in CALIBRATED_COLUMNS:
+            values[column] = None if values[column] in (None, "") else str(values[column])
+    return values
 
 
 def is_folder_target(path: str) -> bool:
@@ -41,21 +51,21 @@ def is_folder_target(path: str) -> bool:
 
 
 class ParquetRowWriter:
-    """Writes :class:`~qualiclip_infer.engine.ScoreResult` rows to ``path``: a ``.parquet`` file, or a folder.
+    """Writes :class:`~qualiclip_infer.results.ScoreResult` rows to ``path``: a ``.parquet`` file, or a folder.
 
     A folder gets ``part-00000.parquet``, ``part-00001.parquet``... of at most a million rows each; earlier
-    ``part-*.parquet`` files in it are removed first, as writing a file replaces it. With ``calibrated``, the rows'
-    ``mos`` and ``percentile`` are written too.
+    ``part-*.parquet`` files in it are removed first, as writing a file replaces it. The ``extra_columns`` (the
+    rows' ``mos`` and ``percentile``, or their ``key`` and ``--id-col`` values) follow the base columns.
 
     Raises:
         ImportError: pyarrow is not installed (the message names the extra).
         OSError: The file or folder cannot be created.
     """
 
-    def __init__(self, path: str, calibrated: bool = False):
+    def __init__(self, path: str, extra_columns: Sequence[str] = ()):
         require_pyarrow()
-        self._calibrated = calibrated
-        self._schema = row_schema(calibrated)
+        self._extra = tuple(extra_columns)
+        self._schema = row_schema(self._extra)
         self._folder = path if is_folder_target(path) else None
         if self._folder is not None:
             os.makedirs(self._folder, exist_ok=True)
@@ -71,7 +81,7 @@ class ParquetRowWriter:
 
     def write(self, rows: Iterable[Any]) -> None:
         """Buffers rows, writing a row group each time enough have come."""
-        self._buffer.extend(row_values(row, self._calibrated) for row in rows)
+        self._buffer.extend(parquet_values(row, self._extra) for row in rows)
         while len(self._buffer) >= _ROWS_PER_GROUP:
             self._flush(_ROWS_PER_GROUP)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .extras import require
 from .files import InputNotFoundError, find_images, image_extensions
@@ -74,6 +74,18 @@ def find_inputs(paths: Sequence[str], *, recursive: bool = True, hidden: bool = 
 
 def _list_uri(uri: str, recursive: bool, hidden: bool) -> List[str]:
     require_ray("Reading URIs")
+    extensions = image_extensions()
+    return list_uri(uri, lambda name: os.path.splitext(name)[1].lower() in extensions, recursive=recursive,
+                    hidden=hidden)
+
+
+def list_uri(uri: str, wanted: Callable[[str], bool], *, recursive: bool, hidden: bool) -> List[str]:
+    """The files a URI of any filesystem pyarrow has names: the URI itself when it names a file, else the files
+    below that folder (object-store prefix) whose base name is ``wanted``, hidden names only with ``hidden``; sorted.
+
+    Raises:
+        InputNotFoundError: The URI names nothing, or cannot be listed (the cause on one line).
+    """
     from pyarrow import fs
 
     try:
@@ -88,11 +100,10 @@ def _list_uri(uri: str, recursive: bool, hidden: bool) -> List[str]:
         raise
     except Exception as error:  # unknown scheme, credentials, network: one line naming the URI
         raise InputNotFoundError(f"{uri}: cannot list: {first_line(error)}") from error
-    extensions = image_extensions()
     files = []
     for entry in listed:
         relative = entry.path[len(root):].lstrip("/")
-        if entry.type != fs.FileType.File or os.path.splitext(entry.base_name)[1].lower() not in extensions:
+        if entry.type != fs.FileType.File or not wanted(entry.base_name):
             continue
         if hidden or not any(part.startswith(".") for part in relative.split("/")):
             files.append(prefix + entry.path)

@@ -7,7 +7,7 @@ actors) need not import it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Protocol
+from typing import Any, Dict, Mapping, Optional, Protocol, Sequence
 
 # The columns of every output (csv, jsonl, json, table, Parquet, Ray Datasets), in this order. The first holds the
 # result's ``name``: a path for files.
@@ -60,22 +60,35 @@ class ScoredRow(Protocol):
     percentile: Optional[float]
 
 
-def row_values(row: ScoredRow, calibrated: bool = False) -> Dict[str, Any]:
-    """A row as a dict of :data:`COLUMNS` (and with ``calibrated`` the :data:`CALIBRATED_COLUMNS`) with
+# Decimals that text formats write for the columns holding a float; other columns are written as they are.
+_JSON_DECIMALS = {"score": SCORE_DECIMALS, "mos": SCORE_DECIMALS, "percentile": 4}
+
+
+def row_value(row: ScoredRow, column: str) -> Any:
+    """A row's full-precision value for ``column``: ``path`` is its ``name``, the other :data:`COLUMNS` and
+    :data:`CALIBRATED_COLUMNS` are its attributes, and any other column (``key``, ``--id-col`` values) comes from the
+    row's ``extra`` mapping (``None`` when the row has none for it)."""
+    if column == "path":
+        return row.name
+    if column in COLUMNS or column in CALIBRATED_COLUMNS:
+        return getattr(row, column)
+    return getattr(row, "extra", {}).get(column)
+
+
+def row_values(row: ScoredRow, extra_columns: Sequence[str] = ()) -> Dict[str, Any]:
+    """A row as a dict of :data:`COLUMNS` and then ``extra_columns`` (e.g. :data:`CALIBRATED_COLUMNS`) with
     full-precision values, for Parquet and Ray rows; no error is ``""``."""
-    values = {"path": row.name, "score": row.score, "width": row.width, "height": row.height, "error": row.error}
-    if calibrated:
-        values.update(mos=row.mos, percentile=row.percentile)
-    return values
+    return {column: row_value(row, column) for column in (*COLUMNS, *extra_columns)}
 
 
-def json_record(row: ScoredRow, calibrated: bool = False) -> Dict[str, Any]:
-    """A row as a json object of :data:`COLUMNS` (and with ``calibrated`` the :data:`CALIBRATED_COLUMNS`): numbers
-    rounded as text formats write them, missing values ``null``."""
-    values = {"path": row.name, "score": _rounded(row.score, SCORE_DECIMALS), "width": row.width,
-              "height": row.height, "error": row.error or None}
-    if calibrated:
-        values.update(mos=_rounded(row.mos, SCORE_DECIMALS), percentile=_rounded(row.percentile, 4))
+def json_record(row: ScoredRow, extra_columns: Sequence[str] = ()) -> Dict[str, Any]:
+    """A row as a json object of :data:`COLUMNS` and then ``extra_columns``: floats rounded as text formats write
+    them, missing values ``null``."""
+    values = row_values(row, extra_columns)
+    for column, decimals in _JSON_DECIMALS.items():
+        if column in values:
+            values[column] = _rounded(values[column], decimals)
+    values["error"] = values["error"] or None
     return values
 
 

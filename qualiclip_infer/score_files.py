@@ -32,12 +32,19 @@ def file_format(path: str) -> str:
     return SUFFIX_FORMATS.get(os.path.splitext(path)[1].lower(), "csv")
 
 
-def read_score_rows(path: str) -> List[ScoreResult]:
+def read_score_rows(path: str, *, strict: bool = True) -> List[ScoreResult]:
     """Reads the rows of a ``qualiclip-score`` output: csv, jsonl, json, a Parquet file or a folder of part files.
 
     The columns used are ``path`` and ``score`` (required), ``width``, ``height``, ``error``, ``mos`` and
     ``percentile``; others are ignored. A later row for the same path replaces an earlier one (a resumed run's), in
     the place of the first.
+
+    Args:
+        path: The file (by its suffix: ``.csv``, ``.jsonl``/``.ndjson``, ``.json``, ``.parquet`` or a folder; csv
+            otherwise).
+        strict: Refuse the whole file for a row without a path or with a value that is not a number. Without it,
+            such a row is skipped (no path) or kept as an unscored row whose error names the value, so that the
+            other rows can be used.
 
     Returns:
         One :class:`~qualiclip_infer.results.ScoreResult` per path, ``index`` its position in the result.
@@ -58,7 +65,14 @@ def read_score_rows(path: str) -> List[ScoreResult]:
         raise ScoresFileError(f"{path}: {error.strerror or type(error).__name__}") from None
     rows: Dict[str, ScoreResult] = {}
     for number, record in records:
-        row = _row(path, number, record)
+        try:
+            row = _row(number, record)
+        except _BadRecord as problem:
+            if strict:
+                raise ScoresFileError(f"{path}, record {number}: {problem}") from None
+            if not problem.name:
+                continue
+            row = ScoreResult(number, problem.name, error=str(problem))
         rows[row.name] = row
     for index, row in enumerate(rows.values()):
         row.index = index
@@ -107,29 +121,37 @@ def _require_columns(path: str, columns: Iterable[str], where: str = "") -> None
                                f"{', '.join(map(repr, missing))}")
 
 
-def _row(path: str, number: int, record: Mapping[str, Any]) -> ScoreResult:
+class _BadRecord(ValueError):
+    """Why a record is not a row (the message), and its path if it has one."""
+
+    def __init__(self, message: str, name: str = ""):
+        super().__init__(message)
+        self.name = name
+
+
+def _row(number: int, record: Mapping[str, Any]) -> ScoreResult:
     name = record.get("path")
     if not isinstance(name, str) or not name:
-        raise ScoresFileError(f"{path}, record {number}: no path")
-    score = _number(path, number, record, "score")
+        raise _BadRecord("no path")
+    score = _number(name, record, "score")
     error = record.get("error") or ""
     if score is None and not error:
         error = "no score"
-    return ScoreResult(number, name, score, _whole(path, number, record, "width"), _whole(path, number, record, "height"),
-                       str(error), _number(path, number, record, "mos"), _number(path, number, record, "percentile"))
+    return ScoreResult(number, name, score, _whole(name, record, "width"), _whole(name, record, "height"),
+                       str(error), _number(name, record, "mos"), _number(name, record, "percentile"))
 
 
-def _number(path: str, number: int, record: Mapping[str, Any], column: str) -> Optional[float]:
+def _number(name: str, record: Mapping[str, Any], column: str) -> Optional[float]:
     value = record.get(column)
     if value is None or value == "":
         return None
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise ScoresFileError(f"{path}, record {number}: {column} {value!r} is not a number") from None
+        raise _BadRecord(f"{column} {value!r} is not a number", name) from None
     return value if math.isfinite(value) else None
 
 
-def _whole(path: str, number: int, record: Mapping[str, Any], column: str) -> Optional[int]:
-    value = _number(path, number, record, column)
+def _whole(name: str, record: Mapping[str, Any], column: str) -> Optional[int]:
+    value = _number(name, record, column)
     return None if value is None else int(value)

@@ -365,3 +365,34 @@ def test_cli_refuses_to_resume_a_foreign_file_and_leaves_it_unchanged(exotic_fol
     assert result.returncode == 2
     assert stderr.count("\n") == 1 and f"--resume {out}: not a qualiclip-score {fmt} output" in stderr
     assert digest(out) == before
+
+
+@pytest.mark.parametrize("fmt", RESUMABLE_FORMATS)
+def test_rows_with_extra_columns_resume_only_with_the_same_columns(fmt, tmp_path):
+    # Shard and Parquet inputs write their key/--id-col values after the base columns through the same writer and
+    # resume scan as image files: a killed run's cut-off row goes, a file of other columns is refused untouched.
+    from qualiclip_infer.sources import SourceResult
+
+    path = tmp_path / f"rows.{fmt}"
+    rows = [SourceResult(0, "a.tar::1.jpg", 0.25, 8, 6, extra={"key": "1", "id": 7}),
+            SourceResult(1, "a.tar::2.jpg", error="truncated member", extra={"key": "2"})]
+    with open(path, "w", encoding="utf-8", newline="") as stream:
+        writer = RowWriter(stream, fmt, extra_columns=("key", "id"))
+        writer.write(rows)
+        writer.close()
+    text = path.read_text(encoding="utf-8")
+    if fmt == "csv":
+        assert text.splitlines() == ["path,score,width,height,error,key,id", "a.tar::1.jpg,0.25000000,8,6,,1,7",
+                                     "a.tar::2.jpg,,,,truncated member,2,"]
+    else:
+        assert [json.loads(line) for line in text.splitlines()] == [
+            {"path": "a.tar::1.jpg", "score": 0.25, "width": 8, "height": 6, "error": None, "key": "1", "id": 7},
+            {"path": "a.tar::2.jpg", "score": None, "width": None, "height": None, "error": "truncated member",
+             "key": "2", "id": None}]
+    path.write_text(text + text.splitlines(keepends=True)[-1][:15], encoding="utf-8")  # killed mid-row
+    assert prepare_resume(str(path), fmt, ("key", "id")).names == {"a.tar::1.jpg", "a.tar::2.jpg"}
+    assert path.read_text(encoding="utf-8") == text
+    for columns in ((), ("key",)):
+        with pytest.raises(OutputFileError, match="left unchanged"):
+            prepare_resume(str(path), fmt, columns)
+    assert path.read_text(encoding="utf-8") == text

@@ -1,4 +1,5 @@
-"""Score files: reading a CSV that ``qualiclip-score`` wrote, and the evaluator's saved scores per model.
+"""Score files: reading a file that ``qualiclip-score`` wrote (through :mod:`qualiclip_infer.score_files`), and the
+evaluator's saved scores per model.
 
 Saved scores are CSV files in ``qualiclip-score``'s format (``path,score,width,height,error``), one per model and
 scoring settings, with absolute image paths; rows are appended and flushed as images are scored, so an interrupted
@@ -7,9 +8,6 @@ evaluation keeps what it scored.
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple, Union
@@ -17,13 +15,12 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple, Union
 from ..messages import first_line
 from ..output import COLUMNS as SCORE_COLUMNS
 from ..output import OutputFileError, RowWriter, open_output, prepare_resume
+from ..score_files import ScoresFileError, read_score_rows
 
 if TYPE_CHECKING:
-    from ..engine import ScoreResult
+    from ..results import ScoreResult
 
-
-class ScoresFileError(ValueError):
-    """A score file that cannot be used; the message names the file and the cause on one line."""
+__all__ = ["SCORE_COLUMNS", "SavedScore", "ScoreCache", "ScoresFileError", "image_key", "read_scores"]
 
 
 @dataclass(frozen=True)
@@ -39,52 +36,18 @@ def image_key(path: Union[str, os.PathLike]) -> str:
     return os.path.abspath(os.fspath(path))
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
-            return file.read()
-    except OSError as error:
-        raise ScoresFileError(f"{path}: {error.strerror or error}") from None
-
-
-def _parse(path: str, text: str, columns: Tuple[str, ...]) -> Tuple[Dict[str, SavedScore], int]:
-    """Rows of a score CSV with at least the ``columns``; returns them by image key and the number of rows.
-
-    Relative image paths are taken relative to the current folder, where ``qualiclip-score`` was run from.
-    """
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = reader.fieldnames or []
-    missing = [column for column in columns if column not in header]
-    if missing:
-        raise ScoresFileError(f"{path}: not a score file: no column {', '.join(map(repr, missing))} "
-                              f"(header {','.join(header) or 'empty'!r}); expected {','.join(SCORE_COLUMNS)}")
-    saved: Dict[str, SavedScore] = {}
-    rows = 0
-    try:
-        for row in reader:
-            if not row.get("path"):
-                continue
-            rows += 1
-            saved[image_key(row["path"])] = _saved(row)
-    except csv.Error as error:
-        raise ScoresFileError(f"{path}, line {reader.line_num}: {error}") from None
-    return saved, rows
-
-
-def _saved(row: Dict[str, Optional[str]]) -> SavedScore:
-    text = (row.get("score") or "").strip()
-    error = (row.get("error") or "").strip()
-    if not text:
-        return SavedScore(None, error or "no score")
-    try:
-        value = float(text)
-    except ValueError:
-        return SavedScore(None, f"score {text!r} is not a number")
-    return SavedScore(value, "") if math.isfinite(value) else SavedScore(None, error or f"score {text!r}")
+def _saved(rows: Iterable[ScoreResult]) -> Dict[str, SavedScore]:
+    """Rows by image key; relative image paths are taken relative to the current folder, where ``qualiclip-score``
+    was run from."""
+    return {image_key(row.name): SavedScore(row.score, "" if row.ok else row.error) for row in rows}
 
 
 def read_scores(path: Union[str, os.PathLike]) -> Dict[str, SavedScore]:
-    """Reads a CSV of scores: any file ``qualiclip-score`` wrote, or any CSV with ``path`` and ``score`` columns.
+    """Reads a file of scores: any file ``qualiclip-score`` wrote (csv, jsonl, json, Parquet), or any CSV with
+    ``path`` and ``score`` columns.
+
+    A row whose score is not a number is kept as unscored (its error names the value); a row without a path is
+    skipped.
 
     Args:
         path: The file. Relative image paths in it are relative to the current folder (as ``qualiclip-score`` wrote
@@ -96,8 +59,7 @@ def read_scores(path: Union[str, os.PathLike]) -> Dict[str, SavedScore]:
     Raises:
         ScoresFileError: The file cannot be read or lacks the columns.
     """
-    path = os.fspath(path)
-    return _parse(path, _read(path), ("path", "score"))[0]
+    return _saved(read_score_rows(os.fspath(path), strict=False))
 
 
 class ScoreCache:
@@ -130,7 +92,7 @@ class ScoreCache:
             raise ScoresFileError(f"saved scores: {first_line(error)}; move it away or pass --rescore to overwrite "
                                   f"it") from None
         if self._has_content:
-            self.saved = _parse(self.path, _read(self.path), SCORE_COLUMNS)[0]
+            self.saved = _saved(read_score_rows(self.path))
 
     def lookup(self, images: Iterable[str]) -> Tuple[Dict[str, SavedScore], List[str]]:
         """Splits images into those with a saved result (by image key) and those still to score."""

@@ -15,8 +15,8 @@ from typing import IO, AbstractSet, Callable, Dict, Iterator, List, Optional, Se
 
 from ..extras import require
 from ..messages import first_line
-from ..ray_scoring import is_uri
-from ..files import InputNotFoundError, find_images, image_extensions
+from ..ray_scoring import is_uri, list_uri
+from ..files import find_images, image_extensions
 from .entries import Entry, SourceError
 from .parquet import check_columns, iter_parquet
 from .tar import iter_tar
@@ -170,28 +170,9 @@ def _walk_sources(folder: str, recursive: bool, hidden: bool) -> List[Tuple[str,
 
 
 def _list_uri(uri: str, recursive: bool, hidden: bool) -> List[Tuple[str, str]]:
-    fs = require("pyarrow.fs", "ray", "Reading URIs")
-
-    try:
-        filesystem, root = fs.FileSystem.from_uri(uri)
-        info = filesystem.get_file_info(root)
-        if info.type == fs.FileType.File:
-            return [(source_kind(uri), uri)] if source_kind(uri) else []
-        if info.type != fs.FileType.Directory:
-            raise InputNotFoundError(f"{uri}: no such file or folder")
-        listed = filesystem.get_file_info(fs.FileSelector(root, recursive=recursive))
-    except InputNotFoundError:
-        raise
-    except Exception as error:  # unknown scheme, credentials, network: one line naming the URI
-        raise SourceError(f"{uri}: cannot list: {first_line(error)}") from error
-    base = uri.rstrip("/")
-    found = []
-    for entry in listed:
-        relative = entry.path[len(root.rstrip("/")):].lstrip("/")
-        if entry.type == fs.FileType.File and source_kind(entry.base_name) and (
-                hidden or not any(part.startswith(".") for part in relative.split("/"))):
-            found.append((source_kind(entry.base_name), f"{base}/{relative}"))
-    return sorted(found, key=lambda item: item[1])
+    require("pyarrow.fs", "ray", "Reading URIs")
+    return [(source_kind(found), found) for found in list_uri(uri, source_kind, recursive=recursive, hidden=hidden)
+            if source_kind(found)]
 
 
 def open_input(path: str) -> IO[bytes]:
