@@ -7,7 +7,7 @@ difference** to torch fp32 (CSV scores, 6 decimals) with the **SRCC** of the run
 
 Sets: ``A × 224²`` and ``B × 1024×768`` JPEGs, and a mixed folder of ``C`` photos at 12 sizes (256x192 to
 1024x768, both orientations) in four kinds: clean, Gaussian-blurred, noisy and JPEG quality 10, so bf16's agreement
-is measured on degraded photos too. The checkpoint is a full-size RN50 with random weights (``conftest``).
+is measured on degraded photos too. The checkpoint is a full-size RN50 with random weights (``tests/helpers.py``).
 
 ``--steady`` measures the same runners' image tower + head in one process instead (``score_tensor`` on a prepared
 batch, runners interleaved, median of 5 calls): 224² in batches of 8 and 1024×768 one at a time, free of start-up

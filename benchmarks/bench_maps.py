@@ -11,7 +11,7 @@ how much of a gain comes from keeping more cores busy.
 
 The four runners alternate within each repeat, after one warm-up round, and the best time of each is reported (a shared
 machine only ever makes a run slower). The checkpoint is a full-size RN50 with random weights, written once to
-``--workdir`` by ``bench_score.py``'s helper; the photo is ``conftest.natural_image``.
+``--workdir`` by ``bench_score.py``'s helper; the photo is ``tests/helpers.py`` ``natural_image``.
 
 Usage (prints a Markdown section to append to ``benchmarks/RESULTS.md``)::
 

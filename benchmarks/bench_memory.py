@@ -39,7 +39,7 @@ def _rn50_checkpoint(folder: str) -> str:
     import torch
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    from conftest import RN50_CONFIG, official_state, random_clip
+    from helpers import RN50_CONFIG, official_state, random_clip
 
     path = os.path.join(folder, "rn50.pth")
     torch.save(official_state(random_clip(RN50_CONFIG, seed=0)), path)

@@ -335,7 +335,7 @@ def report(results: Dict[str, Dict[str, List[dict]]], args: argparse.Namespace, 
              f"- Command: `python benchmarks/bench_ray.py --repeats {args.repeats}`; medians of {args.repeats} runs "
              "per runner, runners alternating, sampling nothing (CPU: the whole machine's busy time during the run, "
              "from `/proc/stat`); peak memory from one more run per runner, sampled every 0.2 s",
-             "- Checkpoint: full-size RN50 with random weights (`tests/conftest.py` `RN50_CONFIG`); all options "
+             "- Checkpoint: full-size RN50 with random weights (`tests/helpers.py` `RN50_CONFIG`); all options "
              "default (with `--ray` here: one actor of 2 CPUs and 2 torch threads), except the last runner's", "",
              "| photos | runner | wall s | images/s | overhead (wall) | CPU s, machine | overhead (CPU) "
              "| peak memory MB (PSS, all processes) | each run: wall s |",

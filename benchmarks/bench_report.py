@@ -8,7 +8,7 @@
 
 Wall time and the process's CPU time are reported, with other processes' load in cores beside each (a shared
 machine only makes a run slower). The checkpoint is a full-size RN50 with random weights (``bench_score.py``'s
-helper writes it once to ``--workdir``); the photos are ``conftest.natural_image`` JPEGs.
+helper writes it once to ``--workdir``); the photos are ``tests/helpers.py`` ``natural_image`` JPEGs.
 
 Usage (prints a Markdown section to append to ``benchmarks/RESULTS.md``)::
 

@@ -12,8 +12,8 @@ output row arrives), **wall** (launch until exit), **rows/s** after the first ro
   time, ``ToTensor`` + ``Normalize``, an attention pool computing full multi-head attention over all tokens without
   the positional embedding, output at the mean token. It prints each row as it is scored.
 
-Photo sets: 1, 60 and 500 JPEGs of 224x224 and 8 of 1024x768 (``conftest.natural_image``, quality 90). The checkpoint
-is a full-size RN50 with random weights (``conftest.write_checkpoint``, ~400 MB). Both are kept under ``--workdir``.
+Photo sets: 1, 60 and 500 JPEGs of 224x224 and 8 of 1024x768 (``tests/helpers.py`` ``natural_image``, quality 90). The checkpoint
+is a full-size RN50 with random weights (``tests/helpers.py`` ``write_checkpoint``, ~400 MB). Both are kept under ``--workdir``.
 
 Runs alternate between runners, ``--repeats`` times per set, and every figure is the median. On a shared machine
 other processes slow a run down far more than their CPU share (torch's threads wait for each other at every layer),
@@ -96,11 +96,11 @@ def _parse_args() -> argparse.Namespace:
 
 
 def _test_helpers() -> types.ModuleType:
-    """``tests/conftest.py``: the checkpoint writer and the photo generator of the test suite."""
+    """``tests/helpers.py``: the checkpoint writer and the photo generator of the test suite."""
     sys.path.insert(0, str(REPO / "tests"))
-    import conftest
+    import helpers
 
-    return conftest
+    return helpers
 
 
 def _checkpoint(path: Path):

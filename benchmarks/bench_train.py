@@ -11,7 +11,7 @@ before and after, and the load average when it started (the machine may be share
 time per crop-level of a training step (degradation, forward, backward, AdamW) and of a validation (degradation,
 forward), for the tiny CLIP and for a full-size RN50, single-threaded, at 224 pixels, on the run's own crops.
 
-The photos are ``tests/conftest.py``'s ``natural_image`` at 320x256, JPEG quality 90; the run's tiny CLIP is its
+The photos are ``tests/helpers.py``'s ``natural_image`` at 320x256, JPEG quality 90; the run's tiny CLIP is its
 ``untrained_clip`` (the one the issue trained, and the ten-photo test's), the cost checkpoints its ``write_checkpoint``
 (random weights).
 
@@ -69,7 +69,7 @@ def main() -> None:
 
 
 def _inputs(workdir: Path):
-    from conftest import TINY_CONFIG, natural_image, save_image, untrained_clip, write_checkpoint
+    from helpers import TINY_CONFIG, natural_image, save_image, untrained_clip, write_checkpoint
 
     folder = workdir / "pristine"
     folder.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def _costs(workdir: Path) -> None:
     random distortion type), validation on its held-out crops.
     """
     import torch
-    from conftest import RN50_CONFIG, TINY_CONFIG, write_checkpoint
+    from helpers import RN50_CONFIG, TINY_CONFIG, write_checkpoint
 
     from qualiclip_infer.train.loop import TrainConfig, Trainer
 
