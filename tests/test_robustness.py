@@ -294,29 +294,51 @@ def test_the_command_refuses_a_non_finite_read_timeout(photos):
 
 
 _ROWS_IN_ORDER = """
-import hashlib, json, sys
+import hashlib, json, os, sys
+from PIL import Image
 from qualiclip_infer.images import ImageError, image_size, to_tensor
-for path in sys.argv[1:]:
+
+def package_row(path):
+    with Image.open(path):  # the caller's own Pillow code, which reorders Pillow's plugins as files open
+        pass
     try:
-        row = [*image_size(path), hashlib.sha1(to_tensor(path).numpy().tobytes()).hexdigest()]
+        return [*image_size(path), hashlib.sha1(to_tensor(path).numpy().tobytes()).hexdigest()]
     except ImageError as error:
-        row = str(error)
-    print(json.dumps([path, row]))
+        return str(error)
+
+def pillow_row(path):
+    with Image.open(path) as img:
+        return [img.format, *img.size]
+
+# One child per order, forked before any file is opened: each starts with Pillow's plugins as imported, untouched.
+for read, order in json.loads(sys.argv[1]):
+    sys.stdout.flush()
+    child = os.fork()
+    if child == 0:
+        row = package_row if read == "package" else pillow_row
+        print(json.dumps({path: row(path) for path in order}), flush=True)
+        os._exit(0)
+    os.waitpid(child, 0)
 """
 
 
 def test_a_file_is_read_the_same_whatever_was_opened_before_it(tmp_path):
     paths = [os.fspath(path) for path in mixed_formats(tmp_path / "mixed")]
+    tga, ico = (next(path for path in paths if path.endswith(suffix)) for suffix in (".tga", ".ico"))
     orders = [sorted(paths), sorted(paths, reverse=True), random.Random(3).sample(paths, len(paths)),
               *[[path] for path in paths]]
-    # A fresh interpreter per order: which of Pillow's plugins are loaded, and in what order, is process-wide.
-    processes = [subprocess.Popen([sys.executable, "-c", _ROWS_IN_ORDER, *order], stdout=subprocess.PIPE, text=True)
-                 for order in orders]
-    runs = [dict(json.loads(line) for line in process.communicate(timeout=TIMEOUT)[0].splitlines())
-            for process in processes]
+    jobs = [["pillow", [tga, ico]], *(["package", order] for order in orders)]
+    result = subprocess.run([sys.executable, "-c", _ROWS_IN_ORDER, json.dumps(jobs)], capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    pillow, *runs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(runs) == len(orders), result.stderr
+    # The trap is live: left to itself, Pillow reads this ICO file as TGA once a .tga file has opened.
+    assert pillow[ico] == ["TGA", 32, 19140]
     alone = {path: rows[path] for rows in runs[3:] for path in rows}
+    assert alone[ico][:2] == [48, 48]
     for rows in runs[:3]:
-        assert rows == alone
+        for path in paths:
+            assert rows[path] == alone[path], path
     assert all(isinstance(row, list) for row in alone.values()), alone  # every one of them is a readable picture
 
 
