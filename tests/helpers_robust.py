@@ -80,6 +80,26 @@ def mixed_formats(folder: Path) -> List[Path]:
     return paths
 
 
+class _MeteredFile(io.FileIO):
+    """A file that delivers at most ``budget`` bytes in all, then fails the read (a probe that must stay bounded)."""
+
+    def __init__(self, path: object, budget: int):
+        super().__init__(path, "rb")
+        self.left = budget
+
+    def readinto(self, buffer) -> int:
+        count = super().readinto(buffer)
+        self.left -= count or 0
+        if self.left < 0:
+            raise AssertionError(f"read past its budget of bytes ({self.name})")
+        return count
+
+
+def metered_open(budget: int):
+    """A stand-in for ``qualiclip_infer.images.open_regular`` whose files refuse to deliver over ``budget`` bytes."""
+    return lambda path: io.BufferedReader(_MeteredFile(path, budget))
+
+
 def _claim_tga_header(path: Path) -> None:
     """Sets the byte count of an ICO file's first icon so that its header also reads as TGA's: depth 8 (byte 16),
     height 19140 (bytes 14-15); byte 12 is already the icon's 32 bits per pixel, read as a width of 32."""
