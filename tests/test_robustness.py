@@ -73,11 +73,15 @@ def test_a_fifo_and_a_socket_in_a_folder_get_error_rows_and_the_run_finishes(pho
     assert all(rows[f"p{index}.png"]["score"] is not None for index in range(3))
 
 
-def test_score_refuses_a_fifo_without_opening_it(scorer, tmp_path):
+def test_score_refuses_a_fifo_without_opening_it(scorer, tmp_path, monkeypatch):
     fifo = tmp_path / "x.png"
     os.mkfifo(fifo)
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *args: opened.append(os.fspath(path)) or real_open(path, *args))
     with pytest.raises(ImageError, match=r"x\.png: not a regular file \(a FIFO\)"):
         scorer.score(fifo)  # opening a FIFO for reading would wait for a writer forever
+    assert os.fspath(fifo) not in opened
 
 
 def test_a_read_that_never_ends_becomes_an_error_row_within_the_time_limit(scorer, photos, monkeypatch):
@@ -298,8 +302,9 @@ def test_a_bad_read_timeout_is_refused(scorer, value):
         list(scorer.iter_scores([torch.rand(3, 40, 40)], read_timeout=value))
 
 
-def test_the_command_refuses_a_non_finite_read_timeout(photos):
-    result = score_command(photos, "--read-timeout", "nan")
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_the_command_refuses_a_non_finite_read_timeout(photos, value):
+    result = score_command(photos, "--read-timeout", value)
     assert result.returncode == 2 and "--read-timeout" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -386,10 +391,15 @@ def test_pillow_warnings_name_the_file_or_are_dropped_with_quiet(photos, tiny_ch
 def test_libtiff_handlers_can_be_silenced_and_tiffs_still_decode(tmp_path):
     path = tmp_path / "lzw.tif"
     Image.fromarray(natural_image(40, 36)).save(path, compression="tiff_lzw")  # decoded by libtiff
-    code = ("import sys; from qualiclip_infer.streams import silence_libtiff; from qualiclip_infer.images import "
-            "to_tensor; print(silence_libtiff(), tuple(to_tensor(sys.argv[1]).shape))")
-    result = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=TIMEOUT)
-    assert result.stdout.split(None, 1) == ["True", "(3, 36, 40)\n"]
+    # libtiff's own reporting functions, found as the package finds its handlers: silenced, they print nothing.
+    code = ("import ctypes, sys; from PIL import _imaging; from qualiclip_infer.streams import silence_libtiff; "
+            "from qualiclip_infer.images import to_tensor; silenced = sys.argv[2] == 'quiet' and silence_libtiff(); "
+            "library = ctypes.CDLL(_imaging.__file__); library.TIFFWarning(b'probe', b'a warning'); "
+            "library.TIFFError(b'probe', b'an error'); print(silenced, tuple(to_tensor(sys.argv[1]).shape))")
+    loud, quiet = (subprocess.run([sys.executable, "-c", code, path, mode], capture_output=True, text=True,
+                                  timeout=TIMEOUT) for mode in ("loud", "quiet"))
+    assert loud.stderr.splitlines() == ["probe: Warning, a warning.", "probe: an error."]  # what silencing hides
+    assert quiet.stdout.split(None, 1) == ["True", "(3, 36, 40)\n"] and quiet.stderr == ""
 
 
 # ---------------------------------------------------------------------------------------------------------------
