@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -49,7 +50,12 @@ def wait_for_text(path: Path, seconds: float = 60) -> bytes:
 
 
 def mixed_formats(folder: Path) -> List[Path]:
-    """One small picture in each of TGA, ICO, MPO, PCX, SGI, XBM, PNG and JPEG, written with Pillow's own writers."""
+    """One small picture in each of TGA, ICO, MPO, PCX, SGI, XBM, PNG and JPEG, written with Pillow's own writers.
+
+    The ICO file's directory says its icon takes 0x84AC4 bytes (Pillow's ICO reader ignores that field), which
+    makes its first 18 bytes a valid TGA header too: once Pillow's TGA plugin is ahead of its ICO plugin (after a
+    .tga file was opened), ``Image.open`` reads the ICO file as a 32x19140 TGA image that cannot be decoded.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
     paths = []
@@ -68,8 +74,38 @@ def mixed_formats(folder: Path) -> List[Path]:
             image.save(path, "MPO", save_all=True, append_images=[image.rotate(90)])
         else:
             image.save(path, fmt, **options)
+        if fmt == "ICO":
+            _claim_tga_header(path)
         paths.append(path)
     return paths
+
+
+class _MeteredFile(io.FileIO):
+    """A file that delivers at most ``budget`` bytes in all, then fails the read (a probe that must stay bounded)."""
+
+    def __init__(self, path: object, budget: int):
+        super().__init__(path, "rb")
+        self.left = budget
+
+    def readinto(self, buffer) -> int:
+        count = super().readinto(buffer)
+        self.left -= count or 0
+        if self.left < 0:
+            raise AssertionError(f"read past its budget of bytes ({self.name})")
+        return count
+
+
+def metered_open(budget: int):
+    """A stand-in for ``qualiclip_infer.images.open_regular`` whose files refuse to deliver over ``budget`` bytes."""
+    return lambda path: io.BufferedReader(_MeteredFile(path, budget))
+
+
+def _claim_tga_header(path: Path) -> None:
+    """Sets the byte count of an ICO file's first icon so that its header also reads as TGA's: depth 8 (byte 16),
+    height 19140 (bytes 14-15); byte 12 is already the icon's 32 bits per pixel, read as a width of 32."""
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<I", data, 14, 0x00084AC4)
+    path.write_bytes(bytes(data))
 
 
 def _stuck(spec: str) -> None:

@@ -22,11 +22,12 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import natural_image, save_image
-from helpers_robust import TIMEOUT, mixed_formats, patched_command, score_command, wait_for_text
+from helpers_robust import (TIMEOUT, metered_open, mixed_formats, patched_command, score_command,
+                            wait_for_text)
 from PIL import Image
 
 from qualiclip_infer import QualityScorer
-from qualiclip_infer.images import ImageError, check_tensor
+from qualiclip_infer.images import ImageError, check_tensor, image_size
 from qualiclip_infer.output import OutputFileError, RowWriter, prepare_resume
 from qualiclip_infer.writelock import OutputBusyError, OutputLock
 
@@ -72,11 +73,15 @@ def test_a_fifo_and_a_socket_in_a_folder_get_error_rows_and_the_run_finishes(pho
     assert all(rows[f"p{index}.png"]["score"] is not None for index in range(3))
 
 
-def test_score_refuses_a_fifo_without_opening_it(scorer, tmp_path):
+def test_score_refuses_a_fifo_without_opening_it(scorer, tmp_path, monkeypatch):
     fifo = tmp_path / "x.png"
     os.mkfifo(fifo)
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *args: opened.append(os.fspath(path)) or real_open(path, *args))
     with pytest.raises(ImageError, match=r"x\.png: not a regular file \(a FIFO\)"):
         scorer.score(fifo)  # opening a FIFO for reading would wait for a writer forever
+    assert os.fspath(fifo) not in opened
 
 
 def test_a_read_that_never_ends_becomes_an_error_row_within_the_time_limit(scorer, photos, monkeypatch):
@@ -142,19 +147,32 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def test_a_huge_zero_padded_png_header_is_read_in_under_a_second(tmp_path):
-    path = tmp_path / "padded.png"
-    header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 6000, 6000, 8, 2, 0, 0, 0))
-    data = _png_chunk(b"IDAT", zlib.compress(b"\0" * 100))
+def _zero_padded_png(path: Path) -> None:
     with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + header + data)
+        f.write(_PNG_START)
         f.truncate(4 * 2**30)  # a sparse hole of zeros, no IEND: the walk once read it 12 bytes at a time
-    # In a subprocess: the old walk would otherwise keep a thread of this test busy for minutes.
-    code = ("import sys, time; from qualiclip_infer.images import image_size; t = time.monotonic(); "
-            "size = image_size(sys.argv[1]); print(*size, time.monotonic() - t)")
-    result = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=30)
-    width, height, seconds = result.stdout.split()
-    assert (int(width), int(height)) == (6000, 6000) and float(seconds) < 1
+
+
+def _png_of_a_million_empty_chunks(path: Path) -> None:
+    path.write_bytes(_PNG_START + _png_chunk(b"tEXt", b"") * 1_000_000 + _png_chunk(b"IEND", b""))
+
+
+_PNG_START = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 6000, 6000, 8, 2, 0, 0, 0))
+              + _png_chunk(b"IDAT", zlib.compress(b"\0" * 100)))
+
+
+@pytest.mark.parametrize("make, budget", [(_zero_padded_png, 64 * 2**10), (_png_of_a_million_empty_chunks, 2**21)],
+                         ids=["zeros", "empty-chunks"])
+def test_a_huge_zero_padded_png_header_is_read_in_under_a_second(tmp_path, monkeypatch, make, budget):
+    import qualiclip_infer.images as images
+
+    path = tmp_path / "padded.png"
+    make(path)
+    # Every byte read is counted: past the budget the read fails, so a walk with no bound fails fast.
+    monkeypatch.setattr(images, "open_regular", metered_open(budget))
+    started = time.monotonic()
+    assert image_size(path) == (6000, 6000)
+    assert time.monotonic() - started < 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -284,8 +302,9 @@ def test_a_bad_read_timeout_is_refused(scorer, value):
         list(scorer.iter_scores([torch.rand(3, 40, 40)], read_timeout=value))
 
 
-def test_the_command_refuses_a_non_finite_read_timeout(photos):
-    result = score_command(photos, "--read-timeout", "nan")
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_the_command_refuses_a_non_finite_read_timeout(photos, value):
+    result = score_command(photos, "--read-timeout", value)
     assert result.returncode == 2 and "--read-timeout" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -294,29 +313,51 @@ def test_the_command_refuses_a_non_finite_read_timeout(photos):
 
 
 _ROWS_IN_ORDER = """
-import hashlib, json, sys
+import hashlib, json, os, sys
+from PIL import Image
 from qualiclip_infer.images import ImageError, image_size, to_tensor
-for path in sys.argv[1:]:
+
+def package_row(path):
+    with Image.open(path):  # the caller's own Pillow code, which reorders Pillow's plugins as files open
+        pass
     try:
-        row = [*image_size(path), hashlib.sha1(to_tensor(path).numpy().tobytes()).hexdigest()]
+        return [*image_size(path), hashlib.sha1(to_tensor(path).numpy().tobytes()).hexdigest()]
     except ImageError as error:
-        row = str(error)
-    print(json.dumps([path, row]))
+        return str(error)
+
+def pillow_row(path):
+    with Image.open(path) as img:
+        return [img.format, *img.size]
+
+# One child per order, forked before any file is opened: each starts with Pillow's plugins as imported, untouched.
+for read, order in json.loads(sys.argv[1]):
+    sys.stdout.flush()
+    child = os.fork()
+    if child == 0:
+        row = package_row if read == "package" else pillow_row
+        print(json.dumps({path: row(path) for path in order}), flush=True)
+        os._exit(0)
+    os.waitpid(child, 0)
 """
 
 
 def test_a_file_is_read_the_same_whatever_was_opened_before_it(tmp_path):
     paths = [os.fspath(path) for path in mixed_formats(tmp_path / "mixed")]
+    tga, ico = (next(path for path in paths if path.endswith(suffix)) for suffix in (".tga", ".ico"))
     orders = [sorted(paths), sorted(paths, reverse=True), random.Random(3).sample(paths, len(paths)),
               *[[path] for path in paths]]
-    # A fresh interpreter per order: which of Pillow's plugins are loaded, and in what order, is process-wide.
-    processes = [subprocess.Popen([sys.executable, "-c", _ROWS_IN_ORDER, *order], stdout=subprocess.PIPE, text=True)
-                 for order in orders]
-    runs = [dict(json.loads(line) for line in process.communicate(timeout=TIMEOUT)[0].splitlines())
-            for process in processes]
+    jobs = [["pillow", [tga, ico]], *(["package", order] for order in orders)]
+    result = subprocess.run([sys.executable, "-c", _ROWS_IN_ORDER, json.dumps(jobs)], capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    pillow, *runs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(runs) == len(orders), result.stderr
+    # The trap is live: left to itself, Pillow reads this ICO file as TGA once a .tga file has opened.
+    assert pillow[ico] == ["TGA", 32, 19140]
     alone = {path: rows[path] for rows in runs[3:] for path in rows}
+    assert alone[ico][:2] == [48, 48]
     for rows in runs[:3]:
-        assert rows == alone
+        for path in paths:
+            assert rows[path] == alone[path], path
     assert all(isinstance(row, list) for row in alone.values()), alone  # every one of them is a readable picture
 
 
@@ -350,10 +391,15 @@ def test_pillow_warnings_name_the_file_or_are_dropped_with_quiet(photos, tiny_ch
 def test_libtiff_handlers_can_be_silenced_and_tiffs_still_decode(tmp_path):
     path = tmp_path / "lzw.tif"
     Image.fromarray(natural_image(40, 36)).save(path, compression="tiff_lzw")  # decoded by libtiff
-    code = ("import sys; from qualiclip_infer.streams import silence_libtiff; from qualiclip_infer.images import "
-            "to_tensor; print(silence_libtiff(), tuple(to_tensor(sys.argv[1]).shape))")
-    result = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=TIMEOUT)
-    assert result.stdout.split(None, 1) == ["True", "(3, 36, 40)\n"]
+    # libtiff's own reporting functions, found as the package finds its handlers: silenced, they print nothing.
+    code = ("import ctypes, sys; from PIL import _imaging; from qualiclip_infer.streams import silence_libtiff; "
+            "from qualiclip_infer.images import to_tensor; silenced = sys.argv[2] == 'quiet' and silence_libtiff(); "
+            "library = ctypes.CDLL(_imaging.__file__); library.TIFFWarning(b'probe', b'a warning'); "
+            "library.TIFFError(b'probe', b'an error'); print(silenced, tuple(to_tensor(sys.argv[1]).shape))")
+    loud, quiet = (subprocess.run([sys.executable, "-c", code, path, mode], capture_output=True, text=True,
+                                  timeout=TIMEOUT) for mode in ("loud", "quiet"))
+    assert loud.stderr.splitlines() == ["probe: Warning, a warning.", "probe: an error."]  # what silencing hides
+    assert quiet.stdout.split(None, 1) == ["True", "(3, 36, 40)\n"] and quiet.stderr == ""
 
 
 # ---------------------------------------------------------------------------------------------------------------
