@@ -34,10 +34,15 @@ COMMANDS = {  # name: module run with -m; a tree that lacks one is reported as s
 
 
 def help_seconds(tree: Path, module: str) -> Optional[float]:
-    """Wall seconds of ``python -m MODULE --help`` with ``tree`` first on the path; ``None`` if it fails there."""
+    """Wall seconds of ``python -m MODULE --help`` with ``tree`` first on the path; ``None`` where the tree has no
+    such module (the installed package's would be found instead) or it fails there."""
+    parts = module.split(".")
+    if not ((tree.joinpath(*parts).with_suffix(".py")).is_file() or (tree.joinpath(*parts) / "__main__.py").is_file()):
+        return None
     environment = {**os.environ, "PYTHONPATH": str(tree)}
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", module, "--help"], env=environment, capture_output=True)
+    # From inside the tree: `python -m` puts the working folder first on the path, before PYTHONPATH.
+    result = subprocess.run([sys.executable, "-m", module, "--help"], env=environment, capture_output=True, cwd=tree)
     elapsed = time.perf_counter() - start
     return elapsed if result.returncode == 0 else None
 
