@@ -16,6 +16,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from .constants import available_cpus
 from .extras import require
 from .files import InputNotFoundError, find_images, image_extensions
 from .hub import go_offline
@@ -253,7 +254,7 @@ def _default_cpus(ray: Any, gpus: float) -> float:
         node_cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
         smallest = min((cpus for cpus in node_cpus if cpus > 0), default=1)
     else:  # Ray Data will start a local cluster with this machine's CPUs
-        smallest = os.cpu_count() or 1
+        smallest = available_cpus()
     return float(max(1, min(MAX_DEFAULT_CPUS_PER_ACTOR, int(smallest))))
 
 
@@ -276,7 +277,7 @@ def _max_actors(ray: Any, concurrency: Union[int, Tuple[int, int], None], cpus: 
         return max(1, concurrency)
     if isinstance(concurrency, tuple):
         return max(1, concurrency[1])
-    resources = ray.cluster_resources() if ray.is_initialized() else {"CPU": os.cpu_count() or 1}
+    resources = ray.cluster_resources() if ray.is_initialized() else {"CPU": available_cpus()}
     fits = [resources.get(kind, 0) / need for kind, need in (("CPU", cpus), ("GPU", gpus)) if need > 0]
     return max(1, int(min(fits))) if fits else 1
 

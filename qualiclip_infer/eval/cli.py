@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import sys
 from typing import List, Optional, Sequence
 
 from .._cli import (EXIT_OK, EXIT_USAGE, Parser, UsageError, add_scoring_options, apply_offline, check_writable,
@@ -158,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
 
     shared = copy.copy(args)
     shared.model = shared.weights = None
-    log = (lambda message: None) if args.quiet else (lambda message: print(f"{PROG}: {message}", file=sys.stderr))
+    log = (lambda message: None) if args.quiet else (lambda message: say(PROG, message))
     result = evaluate(table, models=specs, scores=args.scores or (), scorer_options=scorer_options(shared, prompts),
                       load_scorer=load, cache_dir=report_dir, rescore=args.rescore,
                       fits=("logistic4", "vqeg5") if args.vqeg5 else ("logistic4",), resamples=args.resamples,

@@ -16,6 +16,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from PIL import Image, ImageOps
 
+from ..constants import default_workers
 from ..messages import first_line
 from .rows import ReportRow
 
@@ -67,7 +68,7 @@ def make_previews(rows: Sequence[ReportRow], report_dir: str, files_dir: str, *,
     maps = maps or {}
     scored = [row for row in rows if row.score is not None]
     jobs = [(row, _source(row.path, root), maps.get(row.path), os.path.join(report_dir, files_dir)) for row in scored]
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
         outcomes = list(pool.map(lambda job: _make(*job), jobs))
     previews, failures, made = {}, [], 0
     for row, (files, problems, decoded) in zip(scored, outcomes):
