@@ -2,7 +2,7 @@
 
 The real recipe starts from the published RN50 checkpoint and a folder of pristine photos::
 
-    qualiclip-train fit --images pristine/ --out model.pth
+    qualiclip-train fit --images pristine/ -o model.pth
 
 Here a tiny CLIP with random weights stands in for it, written in the official checkpoint format, and a few
 synthetic pictures stand in for the photos. The settings differ from the defaults where a random network needs it

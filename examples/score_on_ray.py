@@ -5,8 +5,8 @@ random CLIP in the official checkpoint format (from ``finetune_tiny.py``) and 20
 broken file. Pass real data to score it::
 
     python examples/score_on_ray.py                                   # made-up data, local cluster
-    python examples/score_on_ray.py photos/ --weights /shared/QualiCLIP.pth --out scores/
-    python examples/score_on_ray.py s3://bucket/photos/ --address auto --gpus 0.25 --out s3://bucket/scores/
+    python examples/score_on_ray.py photos/ --weights /shared/QualiCLIP.pth -o scores/
+    python examples/score_on_ray.py s3://bucket/photos/ --address auto --gpus 0.25 -o s3://bucket/scores/
 
 ``--address auto`` joins the cluster this machine belongs to (``ray start --head`` on the head node, ``ray start
 --address=HEAD:6379`` on the others). The weights must be readable at the same path on every node (a shared
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--address", default="local", help="'local' (default), 'auto' or ray://HOST:PORT")
     parser.add_argument("--actors", type=int, help="scoring actors (default: as many as the CPUs/GPUs allow)")
     parser.add_argument("--gpus", type=float, default=0, help="GPUs per actor, e.g. 0.25 for four per GPU")
-    parser.add_argument("--out", help="folder or URI for the Parquet files (default: a temporary folder)")
+    parser.add_argument("-o", "--output", "--out", dest="out", help="folder or URI for the Parquet files (default: a temporary folder)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -52,6 +52,6 @@ def test_score_on_ray(tiny_checkpoint, tmp_path):
     for seed in range(3):
         save_image(photos / f"{seed}.png", natural_image(64, 48, seed))
     (photos / "broken.png").write_bytes(b"not a PNG")
-    result = _run("score_on_ray.py", photos, "--weights", tiny_checkpoint, "--actors", "1", "--out", tmp_path / "out")
+    result = _run("score_on_ray.py", photos, "--weights", tiny_checkpoint, "--actors", "1", "-o", tmp_path / "out")
     assert re.search(r"^4 images in [\d.]+ s: 3 scored \(mean 0\.\d{4}\), 1 failed$", result.stdout, re.M), result.stdout
     assert "broken.png: not an image file Pillow can read" in result.stdout
