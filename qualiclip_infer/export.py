@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Sequence, Tuple, Union
 
 import torch
 
 from ._version import __version__
+from .atomic import atomic_write
 from .calibration import scorer_identity
 from .extras import require
 from .messages import first_line
@@ -82,10 +82,8 @@ def export_onnx(scorer: "QualityScorer", path: Union[str, os.PathLike]) -> Dict[
     proto.doc_string = "QualiCLIP no-reference image quality: images in [0, 1] to scores in [0, 1]"
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
-    target = Path(path)
-    partial = target.with_name(target.name + ".partial")
-    onnx.save_model(proto, str(partial))
-    os.replace(partial, target)  # a reader never sees half a file
+    with atomic_write(path) as f:  # a reader never sees half a file
+        f.write(proto.SerializeToString())  # what onnx.save_model writes for a graph without external data
     return metadata
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from ._version import __version__
+from .atomic import atomic_write
 from .onnx_graph import OPSET, onnx_bytes
 from .prompts import prompt_cache_dir
 
@@ -48,9 +48,8 @@ def cached_graph(module: nn.Module, input_name: str, output_name: str) -> Union[
     graph = onnx_bytes(module, input_name, output_name)
     try:
         entry.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=entry, suffix=".partial", delete=False) as partial:
-            partial.write(graph)
-        os.replace(partial.name, graph_file)  # a concurrent reader never sees half a file
+        with atomic_write(graph_file) as f:  # a concurrent reader never sees half a file
+            f.write(graph)
     except OSError:
         return graph
     _prune(entry.parent)
