@@ -150,10 +150,17 @@ def _run(args: argparse.Namespace) -> int:
                      delimiter=_DELIMITERS[args.delimiter] if args.delimiter else None, lower_better=args.lower_better)
     report_dir = os.path.dirname(os.path.abspath(args.output))
 
+    identities = {}  # the first model's, taken when the evaluation loads it: --save-calibration records it
+
     def load(spec: ModelSpec):
         single = copy.copy(args)
         single.model, single.weights = spec.model, spec.weights
-        return load_scorer(single, prompts)
+        scorer = load_scorer(single, prompts)
+        if args.save_calibration and spec is specs[0]:
+            from ..calibration import scorer_identity
+
+            identities[0] = scorer_identity(scorer)
+        return scorer
 
     shared = copy.copy(args)
     shared.model = shared.weights = None
@@ -170,10 +177,12 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as error:
         raise UsageError(f"{error.filename or args.output}: {error.strerror or error}") from error
     if args.save_calibration:
-        from ..calibration import CalibrationError, evaluation_calibration, save_calibration, scorer_identity
+        from ..calibration import CalibrationError, evaluation_calibration, save_calibration
 
+        if 0 not in identities:  # its scores were all saved: the model was not loaded yet
+            load(specs[0])
         try:
-            calibration = evaluation_calibration(result, specs[0].label, scorer_identity(load(specs[0])))
+            calibration = evaluation_calibration(result, specs[0].label, identities[0])
             save_calibration(calibration, args.save_calibration)
         except CalibrationError as error:
             raise UsageError(error) from None
