@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .messages import first_line
+from .output import TEXT_ENCODING, TEXT_ERRORS
 from .ray_scoring import is_uri
 from .score_files import ScoresFileError, read_score_rows
 from .sources.entries import SourceError
@@ -203,7 +204,7 @@ def write_kept(plan: SourcePlan, selection: Selection, scores: List[Optional[flo
     files = tars.files + parquets.files
     if paths:
         listing = os.path.join(folder, "kept-paths.txt")
-        with open(listing, "w", encoding="utf-8", errors="surrogateescape") as f:
+        with open(listing, "w", encoding=TEXT_ENCODING, errors=TEXT_ERRORS) as f:
             f.writelines(f"{path}\n" for path in paths)
         files.append({"file": listing, "count": len(paths)})
     return files
@@ -234,7 +235,7 @@ def _write_parquet_rows(path: str, selection: Selection, scores: List[Optional[f
 
 def write_manifest(folder: str, manifest: Dict[str, Any], failed: List[Unit]) -> None:
     """``manifest.json`` and ``failed.csv`` (name, error) in ``folder``."""
-    with open(os.path.join(folder, "failed.csv"), "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+    with open(os.path.join(folder, "failed.csv"), "w", encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["name", "error"])
         writer.writerows([unit.name, unit.error] for unit in failed)

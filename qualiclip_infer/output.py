@@ -31,7 +31,7 @@ RESUMABLE_FORMATS = ("csv", "jsonl")
 SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
 _TOOL = "qualiclip-score"
 # Output files are UTF-8; file names that are not are written as their raw bytes and read back the same way.
-_ENCODING, _ERRORS = "utf-8", "surrogateescape"
+TEXT_ENCODING, TEXT_ERRORS = "utf-8", "surrogateescape"
 # How every jsonl record the writer produces begins: a cut-off last line must be a prefix of a record.
 _JSONL_START = '{"path": "'
 _CSV_SCORE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")  # never nan or inf: this tool writes no such score
@@ -83,10 +83,10 @@ def open_output(path: Optional[str], append: bool = False) -> TextIO:
     if path is None:
         if isinstance(sys.stdout, io.TextIOWrapper):
             # A file name that is not UTF-8 would otherwise stop the run with UnicodeEncodeError.
-            sys.stdout.reconfigure(errors=_ERRORS)
+            sys.stdout.reconfigure(errors=TEXT_ERRORS)
         return sys.stdout
     try:
-        return open(path, "a" if append else "w", encoding=_ENCODING, errors=_ERRORS, newline="")
+        return open(path, "a" if append else "w", encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="")
     except OSError as error:
         raise OutputFileError(f"-o {path}: {error.strerror or type(error).__name__}") from error
 
@@ -315,7 +315,7 @@ class _Lines:
         self.offset += len(line)
         self.number += 1
         self.ended = line.endswith(b"\n")
-        self.last = line.decode(_ENCODING, _ERRORS)
+        self.last = line.decode(TEXT_ENCODING, TEXT_ERRORS)
         return self.last
 
 

@@ -15,10 +15,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .extras import require
 from .messages import first_line
-from .output import SUFFIX_FORMATS
+from .output import SUFFIX_FORMATS, TEXT_ENCODING, TEXT_ERRORS
 from .results import ScoreResult
 
-_ENCODING, _ERRORS = "utf-8", "surrogateescape"  # as qualiclip_infer.output writes files
 
 
 class ScoresFileError(ValueError):
@@ -58,7 +57,7 @@ def read_score_rows(path: str, *, strict: bool = True) -> List[ScoreResult]:
         if fmt == "parquet":
             records = _parquet_records(path)
         else:
-            with open(path, encoding=_ENCODING + ("-sig" if fmt == "csv" else ""), errors=_ERRORS, newline="") as f:
+            with open(path, encoding=TEXT_ENCODING + ("-sig" if fmt == "csv" else ""), errors=TEXT_ERRORS, newline="") as f:
                 text = f.read()
             records = _csv_records(path, text) if fmt == "csv" else _json_records(path, text, fmt)
     except OSError as error:
