@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from qualiclip_infer.cpu_features import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {  # name: module run with -m; a tree that lacks one is reported as such
     "qualiclip-score": "qualiclip_infer",
@@ -61,7 +63,7 @@ def main() -> None:
                 seconds = help_seconds(tree, module)
                 if seconds is not None:
                     times[name][tree_name].append(seconds)
-    print(f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {_cpu()}, "
+    print(f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {cpu_model() or platform.machine()}, "
           f"{os.cpu_count()} logical CPUs; Python {platform.python_version()}; load average "
           f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after; medians of {args.repeats} runs")
     score = statistics.median(times["qualiclip-score"]["ours"])
@@ -75,14 +77,6 @@ def main() -> None:
             before = times[name]["before"]
             row += f" {statistics.median(before):.3f} |" if before else " (no such command) |"
         print(row)
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
