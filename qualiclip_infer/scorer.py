@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from . import engine, maps
+from .backends import require_backend
 from .calibration import Calibration, calibrated_results, checked_calibration
 from .constants import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_READ_TIMEOUT
 from .devices import Precision, check_precision, resolve_device
@@ -103,6 +104,7 @@ class QualityScorer(BatchRunner):
         resolved = resolve_device("cpu" if backend != "torch" and str(device) == "auto" else device)
         check_precision(precision, resolved)
         check_batch_options(batch_size, max_batch_pixels, max_image_pixels)
+        require_backend(backend)
         self.model_name = model
         network, self.prompts, self.weights_path = load_network(
             weights, model=model, prompt_weights=prompt_weights, prompts=prompts, logit_scale=logit_scale,

@@ -152,10 +152,13 @@ def test_unsupported_backend_or_precision_is_refused(tiny_checkpoint, backend, p
         QualityScorer(tiny_checkpoint, backend=backend, precision=precision, device="cpu")
 
 
-def test_a_missing_runtime_names_the_extra_to_install(tiny_checkpoint, monkeypatch):
+def test_a_missing_runtime_names_the_extra_to_install(tiny_checkpoint, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
     with pytest.raises(ImportError, match=r'pip install "qualiclip-infer\[openvino\]"'):
         QualityScorer(tiny_checkpoint, backend="openvino")
+    # Checked before the weights are looked for (or downloaded): no weights file is needed to learn it.
+    with pytest.raises(ImportError, match=r'pip install "qualiclip-infer\[openvino\]"'):
+        QualityScorer(tmp_path / "not-there.pth", backend="openvino")
 
 
 def test_openvino_bf16_stays_close_to_fp32(tiny_checkpoint, one_thread):
