@@ -22,7 +22,7 @@ from .files import InputNotFoundError, find_images, image_extensions
 from .hub import go_offline
 from .messages import first_line
 from .parquet_rows import row_schema
-from .results import COLUMNS, ScoreResult, from_values, row_values  # noqa: F401 (COLUMNS: the docs)
+from .results import ScoreResult, from_values, row_values
 
 if TYPE_CHECKING:
     import pyarrow
@@ -286,7 +286,7 @@ class BatchScorer:
     """The Ray actor's callable: loads a :class:`~qualiclip_infer.QualityScorer` once, then scores batches.
 
     A batch is a pyarrow table with a path column (and optionally a bytes column); the result is a table of
-    :data:`COLUMNS` with one row per input row. Inputs that cannot be read or scored become error rows.
+    :data:`~qualiclip_infer.results.COLUMNS` with one row per input row. Inputs that cannot be read or scored become error rows.
 
     Args:
         scorer_options: Keyword arguments of ``QualityScorer``.
