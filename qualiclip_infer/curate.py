@@ -23,12 +23,12 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .messages import first_line
 from .output import TEXT_ENCODING, TEXT_ERRORS
-from .ray_scoring import is_uri
 from .score_files import ScoresFileError, read_score_rows
 from .sources.entries import SourceError
-from .sources.patterns import SourcePlan, open_input
+from .sources.patterns import SourcePlan
 from .sources.tar import Sample, is_image_member, iter_samples
 from .sources.writers import ParquetPartWriter, TarShardWriter
+from .uris import is_uri, open_input
 
 SCORE_KEY = "qualiclip"
 SHARD_SIZE = 10_000

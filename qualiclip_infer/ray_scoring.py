@@ -14,15 +14,16 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .constants import available_cpus
 from .extras import require
-from .files import InputNotFoundError, find_images, image_extensions
+from .files import InputNotFoundError
 from .hub import go_offline
 from .messages import first_line
 from .parquet_rows import row_schema
 from .results import ScoreResult, from_values, row_values
+from .uris import InputOpener, find_inputs, is_uri
 
 if TYPE_CHECKING:
     import pyarrow
@@ -35,7 +36,6 @@ _CALLS_PER_ACTOR = 4
 # per 224x224 image on 2 EPYC cores: benchmarks/RESULTS.md), and every actor holds its own model copy (about 1 GB),
 # so CPU actors get several CPUs each by default. More than 2 threads per actor were not measured.
 MAX_DEFAULT_CPUS_PER_ACTOR = 4
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def require_ray(feature: str = "Scoring on Ray") -> Any:
@@ -47,79 +47,6 @@ def require_ray(feature: str = "Scoring on Ray") -> Any:
     for module in ("pyarrow", "ray.data", "ray"):
         ray = require(module, "ray", feature, needs="Ray Data and pyarrow")
     return ray
-
-
-def is_uri(path: str) -> bool:
-    """Whether ``path`` names a file through a filesystem URI (``s3://``, ``gs://``, ``file://``...)."""
-    return bool(_URI.match(path))
-
-
-def find_inputs(paths: Sequence[str], *, recursive: bool = True, hidden: bool = False) -> List[str]:
-    """Like :func:`~qualiclip_infer.files.find_images`, and also lists URIs of any filesystem pyarrow has.
-
-    A URI naming a file is kept whatever its extension; a URI naming a folder (an object-store prefix) is listed
-    for files with an image extension, under the same rules for recursion and hidden names. Glob patterns work only
-    for local paths.
-
-    Raises:
-        InputNotFoundError: An argument is neither an existing path nor a glob pattern, or a URI names nothing.
-        ImportError: A URI is given and pyarrow is not installed.
-    """
-    found: Dict[str, None] = {}
-    for arg in paths:
-        matches = _list_uri(arg, recursive, hidden) if is_uri(arg) else find_images([arg], recursive=recursive,
-                                                                                    hidden=hidden)
-        found.update(dict.fromkeys(matches))
-    return list(found)
-
-
-def _list_uri(uri: str, recursive: bool, hidden: bool) -> List[str]:
-    require_ray("Reading URIs")
-    extensions = image_extensions()
-    return list_uri(uri, lambda name: os.path.splitext(name)[1].lower() in extensions, recursive=recursive,
-                    hidden=hidden)
-
-
-def list_uri(uri: str, wanted: Callable[[str], bool], *, recursive: bool, hidden: bool) -> List[str]:
-    """The files a URI of any filesystem pyarrow has names: the URI itself when it names a file, else the files
-    below that folder (object-store prefix) whose base name is ``wanted``, hidden names only with ``hidden``; sorted.
-
-    Raises:
-        InputNotFoundError: The URI names nothing, or cannot be listed (the cause on one line).
-    """
-    from pyarrow import fs
-
-    try:
-        filesystem, root, prefix = _resolve_uri(uri)
-        info = filesystem.get_file_info(root)
-        if info.type == fs.FileType.File:
-            return [uri]
-        if info.type != fs.FileType.Directory:
-            raise InputNotFoundError(f"{uri}: no such file or folder")
-        listed = filesystem.get_file_info(fs.FileSelector(root, recursive=recursive))
-    except InputNotFoundError:
-        raise
-    except Exception as error:  # unknown scheme, credentials, network: one line naming the URI
-        raise InputNotFoundError(f"{uri}: cannot list: {first_line(error)}") from error
-    files = []
-    for entry in listed:
-        relative = entry.path[len(root):].lstrip("/")
-        if entry.type != fs.FileType.File or not wanted(entry.base_name):
-            continue
-        if hidden or not any(part.startswith(".") for part in relative.split("/")):
-            files.append(prefix + entry.path)
-    return sorted(files)
-
-
-def _resolve_uri(uri: str) -> Tuple[Any, str, str]:
-    """The pyarrow filesystem of a URI, the path within it, and the prefix that makes its paths URIs again
-    (``s3://`` for ``s3://bucket/key``, whose path is ``bucket/key``)."""
-    from pyarrow import fs
-
-    uri = uri.rstrip("/") if len(uri) > _URI.match(uri).end() + 1 else uri
-    filesystem, path = fs.FileSystem.from_uri(uri)
-    prefix = uri[:len(uri) - len(path)] if uri.endswith(path) else uri[:_URI.match(uri).end()]
-    return filesystem, path, prefix
 
 
 def score_dataset(
@@ -311,7 +238,7 @@ class BatchScorer:
         self.base_dir = base_dir
         self.path_column = path_column
         self.bytes_column = bytes_column
-        self._filesystems: Dict[str, Any] = {}
+        self._opener = InputOpener(base_dir)
 
     def __call__(self, batch: "pyarrow.Table") -> "pyarrow.Table":
         import pyarrow as pa
@@ -334,20 +261,9 @@ class BatchScorer:
         if not is_uri(name):
             return os.path.join(self.base_dir, name), ""
         try:
-            with self._open(name) as f:
-                return f.read(), ""
+            return self._opener.read(name), ""
         except Exception as error:  # missing object, permissions, network: an error row, never a failed task
             return None, f"cannot read: {first_line(error)}"
-
-    def _open(self, uri: str) -> Any:
-        # One filesystem per scheme and bucket/host: creating one can cost a network round trip (S3 asks for the
-        # bucket's region).
-        start = _URI.match(uri).end()
-        key = uri[:uri.find("/", start) + 1 or len(uri)]
-        if key not in self._filesystems:
-            self._filesystems[key] = _resolve_uri(uri)
-        filesystem, _, prefix = self._filesystems[key]
-        return filesystem.open_input_file(uri[len(prefix):] if uri.startswith(prefix) else _resolve_uri(uri)[1])
 
     def _score(self, inputs: List[Any], names: List[str]) -> Iterator[ScoreResult]:
         return self.scorer.iter_scores(inputs, names=names, workers=self.workers)

@@ -11,12 +11,10 @@ import glob
 import os
 import re
 from dataclasses import dataclass
-from typing import IO, AbstractSet, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import AbstractSet, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..extras import require
-from ..messages import first_line
-from ..ray_scoring import is_uri, list_uri
 from ..files import find_images, image_extensions
+from ..uris import is_uri, list_uri, open_input
 from .entries import Entry, SourceError
 from .parquet import check_columns, iter_parquet
 from .tar import iter_tar
@@ -170,25 +168,5 @@ def _walk_sources(folder: str, recursive: bool, hidden: bool) -> List[Tuple[str,
 
 
 def _list_uri(uri: str, recursive: bool, hidden: bool) -> List[Tuple[str, str]]:
-    require("pyarrow.fs", "ray", "Reading URIs")
     return [(source_kind(found), found) for found in list_uri(uri, source_kind, recursive=recursive, hidden=hidden)
             if source_kind(found)]
-
-
-def open_input(path: str) -> IO[bytes]:
-    """A binary stream of a local file or a URI (through pyarrow's filesystems), opened for reading.
-
-    Raises:
-        OSError: The file cannot be opened (also for URI failures, with the cause on one line).
-    """
-    if not is_uri(path):
-        return open(path, "rb")
-    fs = require("pyarrow.fs", "ray", "Reading URIs")
-
-    try:
-        filesystem, inner = fs.FileSystem.from_uri(path)
-        return filesystem.open_input_file(inner)
-    except OSError:
-        raise
-    except Exception as error:
-        raise OSError(first_line(error)) from error
