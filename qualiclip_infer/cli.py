@@ -300,9 +300,8 @@ def _inputs(args: argparse.Namespace) -> _Inputs:
     except (InputNotFoundError, SourceError) as error:
         raise UsageError(str(error)) from None
     if plan is not None:
-        if args.ray is not None or args.maps or args.report or args.calibration:
-            raise UsageError("--ray, --maps, --report and --calibration take image files, not tar shards or "
-                             "Parquet files")
+        if args.maps or args.report or args.calibration:
+            raise UsageError("--maps, --report and --calibration take image files, not tar shards or Parquet files")
         if args.shard:  # whole shard and Parquet files, so each machine streams its own files
             plan = plan.select(lambda path: in_shard(path, *args.shard))
         try:
@@ -323,7 +322,7 @@ def _scored_rows(args: argparse.Namespace, prompts: Optional[List[Tuple[str, str
                  paths: Optional[List[str]], finished: Set[str]) -> Tuple[Iterable[ScoreResult], Optional[MapWriter]]:
     """The rows as they are scored (on Ray, or by a local scorer that also draws the ``--maps``)."""
     if args.ray is not None:
-        return _ray_rows(args, paths, prompts), None
+        return _ray_rows(args, paths if inputs.plan is None else inputs.plan, prompts, finished), None
     scorer = load_scorer(args, prompts)
     if args.quiet or sys.stderr is None:
         silence_libtiff()
@@ -389,12 +388,12 @@ def _output_format(args: argparse.Namespace) -> str:
     return fmt
 
 
-def _ray_rows(args: argparse.Namespace, paths: Sequence[str],
-             prompts: Optional[List[Tuple[str, str]]]) -> Iterable[ScoreResult]:
+def _ray_rows(args: argparse.Namespace, source: Union[Sequence[str], SourcePlan],
+             prompts: Optional[List[Tuple[str, str]]], finished: Set[str]) -> Iterable[ScoreResult]:
     """Rows scored on a Ray cluster, as the actors finish them (in no particular order)."""
-    rows = ray_rows(paths, args.ray, quiet=args.quiet, threads=args.threads, workers=args.workers,
+    rows = ray_rows(source, args.ray, quiet=args.quiet, threads=args.threads, workers=args.workers,
                     concurrency=args.actors, num_cpus=args.cpus_per_actor, num_gpus=args.gpus_per_actor or 0,
-                    **scorer_options(args, prompts))
+                    skip=finished, **scorer_options(args, prompts))
     try:
         yield from rows
     except RayJobError as error:

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from .messages import first_line
 from .output import TEXT_ENCODING, TEXT_ERRORS
 from .score_files import ScoresFileError, read_score_rows
-from .sources.entries import SourceError
+from .sources.entries import SOURCE_SEPARATOR, SourceError
 from .sources.patterns import SourcePlan
 from .sources.tar import Sample, is_image_member, iter_samples
 from .sources.writers import ParquetPartWriter, TarShardWriter
@@ -74,7 +74,7 @@ def read_score_file(path: str) -> Dict[str, Saved]:
 def match_name(name: str) -> str:
     """How a row's path is matched to an input: a local file (or shard) part made absolute, so the scores file and
     the filter's PATHs need not be spelled alike."""
-    source, sep, member = name.partition("::")
+    source, sep, member = name.partition(SOURCE_SEPARATOR)
     return (source if is_uri(source) else os.path.abspath(source)) + sep + member
 
 

@@ -35,13 +35,14 @@ def row_schema(extra_columns: Sequence[str] = ()) -> "pyarrow.Schema":
     return pa.schema([(column, types.get(column, pa.string())) for column in (*COLUMNS, *extra_columns)])
 
 
-def parquet_values(row: ScoredRow, extra_columns: Sequence[str] = ()) -> Dict[str, Any]:
+def parquet_values(row: ScoredRow, extra_columns: Sequence[str] = (), *, keep_empty: bool = False) -> Dict[str, Any]:
     """A row's values for :func:`row_schema`: full precision, the string columns beyond it as text (``None`` when
-    empty)."""
+    empty; with ``keep_empty``, only when missing, so that ``""`` stays ``""`` as a local run's json rows hold it)."""
     values = row_values(row, extra_columns)
     for column in extra_columns:
         if column not in CALIBRATED_COLUMNS:
-            values[column] = None if values[column] in (None, "") else str(values[column])
+            value = values[column]
+            values[column] = None if value is None or (value == "" and not keep_empty) else str(value)
     return values
 
 

@@ -6,8 +6,8 @@ actors) need not import it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence
 
 # The columns of every output (csv, jsonl, json, table, Parquet, Ray Datasets), in this order. The first holds the
 # result's ``name``: a path for files.
@@ -46,6 +46,18 @@ class ScoreResult:
     def ok(self) -> bool:
         """Whether the input was scored."""
         return self.score is not None
+
+
+@dataclass
+class SourceResult(ScoreResult):
+    """A :class:`ScoreResult` with extra columns: the WebDataset ``key`` of a tar member, the ``--id-col`` values
+    of a Parquet row.
+
+    Attributes:
+        extra: The extra columns' values, by column name.
+    """
+
+    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 class ScoredRow(Protocol):
@@ -96,7 +108,19 @@ def _rounded(value: Optional[float], decimals: int) -> Optional[float]:
     return None if value is None else round(value, decimals)
 
 
-def from_values(values: Mapping[str, Any], index: int) -> ScoreResult:
-    """The :class:`ScoreResult` of a row dict as :func:`row_values` or :func:`json_record` give it."""
-    return ScoreResult(index, values["path"], values["score"], values["width"], values["height"],
-                       values["error"] or "")
+def from_values(values: Mapping[str, Any], index: int,
+                extra_columns: Optional[Mapping[str, Callable[[Any], Any]]] = None) -> ScoreResult:
+    """The :class:`ScoreResult` of a row dict as :func:`row_values` or :func:`json_record` give it.
+
+    Args:
+        values: The row's values by column.
+        index: The result's index.
+        extra_columns: Columns beyond :data:`COLUMNS`, each with what turns its value back into the value the row
+            was written from (Parquet and Ray rows hold them as text); with any, the result is a
+            :class:`SourceResult`.
+    """
+    base = (index, values["path"], values["score"], values["width"], values["height"], values["error"] or "")
+    if not extra_columns:
+        return ScoreResult(*base)
+    return SourceResult(*base, extra={column: None if values.get(column) is None else restore(values[column])
+                                      for column, restore in extra_columns.items()})

@@ -112,7 +112,7 @@ class InputOpener:
             OSError: The file cannot be opened (also for URI failures, with the cause on one line).
         """
         if not is_uri(path):
-            return open(os.path.join(self.base_dir, path), "rb")
+            return open(self.local_path(path), "rb")
         try:
             start = _URI.match(path).end()
             key = path[:path.find("/", start) + 1 or len(path)]
@@ -124,6 +124,10 @@ class InputOpener:
             raise
         except Exception as error:  # pyarrow's own error types: one line naming the cause
             raise OSError(first_line(error)) from error
+
+    def local_path(self, path: str) -> str:
+        """Where a local path is found from here."""
+        return os.path.join(self.base_dir, path)
 
     def read(self, path: str) -> bytes:
         """The whole file (a URI's object) as bytes.

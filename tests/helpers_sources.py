@@ -129,3 +129,42 @@ def memory_growth_mb(run: Callable[[], object]) -> Tuple[float, float]:
         python_peak = tracemalloc.get_traced_memory()[1] - python_start
         tracemalloc.stop()
     return python_peak / 2**20, arrow_peak[0] / 2**20
+
+
+SHARD_IMAGES_A = ["000000.jpg", "000001.jpg", "000002.png"]
+
+
+def build_shards(root: Path) -> Path:
+    """Four shards under ``root/shards``: whole (with a non-image member), gzip (with a truncated jpg), cut inside a
+    member's data, and cut inside a header; plus ``extracted/``, the images of the whole samples as plain files."""
+    (root / "shards").mkdir()
+    a = (sample_members("000000", 1) + sample_members("000001", 2)
+         + [("000002.png", png_bytes(3)), ("000002.cls", b"7"), ("000003.jpg", b"caption, not a jpeg")])
+    write_tar(root / "shards" / "00000.tar", a)
+    broken_jpeg = jpeg_bytes(5)[:900]
+    b = sample_members("000010", 4) + sample_members("000011", 5, image=broken_jpeg)
+    write_tar(root / "shards" / "00001.tar.gz", b, gzipped=True)
+    c = sample_members("000020", 6) + sample_members("000021", 7)
+    (root / "shards" / "00002.tar").write_bytes(tar_bytes(c)[:member_offset(c, 3) + 200])
+    d = sample_members("000030", 8) + sample_members("000031", 9)
+    (root / "shards" / "00003.tar").write_bytes(tar_bytes(d)[:member_offset(d, 3) - 300])
+    extract_images(a, root / "extracted" / "a", SHARD_IMAGES_A)
+    extract_images(b, root / "extracted" / "b", ["000010.jpg"])
+    extract_images(c, root / "extracted" / "c", ["000020.jpg"])
+    extract_images(d, root / "extracted" / "d", ["000030.jpg"])
+    return root
+
+
+def build_parquet_files(root: Path) -> Path:
+    """``img2dataset.parquet`` (``key``, ``caption``, ``jpg`` with a null and a non-image) and ``hf.parquet`` (Hugging
+    Face's ``image`` struct, an int ``label``), both in row groups of 2, and the five images as ``root/I.jpg``."""
+    images = [jpeg_bytes(20 + i) for i in range(5)]
+    for i, data in enumerate(images):
+        (root / f"{i}.jpg").write_bytes(data)
+    write_parquet(root / "img2dataset.parquet", {
+        "key": [f"k{i}" for i in range(5)], "caption": [f"c{i}" for i in range(5)],
+        "jpg": images[:3] + [None, b"not an image"]}, row_group_size=2)
+    write_parquet(root / "hf.parquet", {
+        "image": [{"bytes": data, "path": f"{i}.jpg"} for i, data in enumerate(images)],
+        "label": list(range(5))}, row_group_size=2)
+    return root

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Dict, List, Set
+from typing import Dict, List, Optional, Set
 
 import pytest
 
@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qualiclip_infer"
 # Modules the commands import before they parse their arguments: they must not need torch (``--help`` stays instant).
 TORCH_FREE = {"_cli", "_lazy", "_version", "atomic", "constants", "extras", "files", "hub", "messages", "output", "uris",
               "parquet_rows", "presets", "ray_scoring", "results", "score_files", "deadline_pool", "writelock", "streams",
-              "runtime_info", "cpu_features", "export_cli"}
+              "runtime_info", "cpu_features", "export_cli", "ray_actors", "sources", "sources.entries", "sources.hf",
+              "sources.parquet", "sources.patterns", "sources.tar"}
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
@@ -26,12 +27,13 @@ def module_name(path: Path, root: Path = PACKAGE) -> str:
     return ".".join(parts)
 
 
-def imported_modules(path: Path, modules: Set[str], root: Path = PACKAGE) -> Set[str]:
-    """The package modules ``path`` imports anywhere in its code (``from . import x`` names module ``x``)."""
+def imported_modules(path: Path, modules: Set[str], root: Path = PACKAGE, tree: Optional[ast.AST] = None) -> Set[str]:
+    """The package modules ``path`` imports anywhere in its code, or in ``tree`` when given (a part of it);
+    ``from . import x`` names module ``x``."""
     name = module_name(path, root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")) if tree is None else tree):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names if alias.name.startswith("qualiclip_infer")]
             found.update(target.removeprefix("qualiclip_infer").lstrip(".") for target in targets)
@@ -116,19 +118,23 @@ def test_the_check_finds_a_circle_through_a_function_level_import(tmp_path):
 def test_torch_free_modules_stay_torch_free(module):
     """A torch-free module imports, at its top level, neither torch nor numpy nor a package module that is not
     torch-free itself (inside a function it may: that import runs only when the function does)."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [node.module or ""] if not node.level else [
-                name for name in [node.module, *(alias.name for alias in node.names)] if name]
-        else:
-            continue
-        assert not any(name.split(".")[0] in ("torch", "numpy", "open_clip", "PIL") for name in names
-                       if not isinstance(node, ast.ImportFrom) or not node.level), (module, names)
-        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
-            assert node.module in TORCH_FREE, f"{module} imports {node.module} at its top level"
+    path = module_path(module)
+    top_level = ast.Module(body=[node for node in ast.parse(path.read_text(encoding="utf-8")).body
+                                 if isinstance(node, (ast.Import, ast.ImportFrom))], type_ignores=[])
+    for node in top_level.body:
+        if isinstance(node, ast.Import) or not node.level:
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            assert not any(name.split(".")[0] in ("torch", "numpy", "open_clip", "PIL") for name in names), (module,
+                                                                                                            names)
+    modules = {module_name(file) for file in PACKAGE.rglob("*.py")}
+    for target in imported_modules(path, modules, tree=top_level):
+        assert target in TORCH_FREE, f"{module} imports {target} at its top level"
+
+
+def module_path(module: str) -> Path:
+    """The file of a package module (``sources`` is ``sources/__init__.py``)."""
+    folder = PACKAGE.joinpath(*module.split("."))
+    return folder / "__init__.py" if folder.is_dir() else folder.with_suffix(".py")
 
 
 def _names_used(module: str) -> Set[str]:

@@ -16,11 +16,12 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import pytest
 from helpers import natural_image, save_image
+from helpers_sources import build_parquet_files, build_shards
 from PIL import Image
 
 from qualiclip_infer import QualityScorer
@@ -190,9 +191,9 @@ def test_score_dataset_errors(cluster, folder, tiny_checkpoint, tmp_path):
 # qualiclip-score --ray
 
 
-def cli(*args) -> subprocess.CompletedProcess:
+def cli(*args, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "qualiclip_infer", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=SUBPROCESS_TIMEOUT)
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=SUBPROCESS_TIMEOUT, cwd=cwd)
 
 
 def csv_rows(path: Path) -> List[dict]:
@@ -290,6 +291,113 @@ def test_cli_ray_options_need_ray(folder):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Tar shards and Parquet files on Ray
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> Path:
+    """``shards/`` (four shards: whole, gzip with a truncated member, cut in a member, cut in a header),
+    ``img2dataset.parquet`` and ``hf.parquet`` (see helpers_sources), in one folder."""
+    root = tmp_path_factory.mktemp("ray-sources")
+    return build_parquet_files(build_shards(root))
+
+
+def json_rows(path: Path) -> List[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def same_rows(ray_rows: List[dict], local_rows: List[dict]) -> None:
+    """The same rows, in any order: every column equal, the scores to 1e-6 (batches may differ)."""
+    assert len({row["path"] for row in ray_rows}) == len(ray_rows)
+    by_path = {row["path"]: row for row in local_rows}
+    assert sorted(by_path) == sorted(row["path"] for row in ray_rows)
+    for row in ray_rows:
+        local = by_path[row["path"]]
+        assert {**row, "score": None} == {**local, "score": None}
+        assert (row["score"] is None) == (local["score"] is None)
+        assert row["score"] is None or abs(row["score"] - local["score"]) <= 1e-6
+
+
+@pytest.mark.parametrize("inputs", [("shards/{00000..00003}.tar*", "img2dataset.parquet"),
+                                    ("hf.parquet", "--id-col", "label", "--image-col", "image")])
+def test_cli_on_ray_scores_shards_and_parquet_as_the_local_run(cluster, sources, tiny_checkpoint, inputs):
+    """Error rows for broken members and shards, ``key`` and typed ``--id-col`` values: what the local run writes."""
+    weights = ("--weights", tiny_checkpoint, "-q")
+    local = cli(*inputs, *weights, "-o", "local.jsonl", cwd=sources)
+    on_ray = cli("--ray", cluster, *inputs, *weights, "--actors", "2", "-o", "ray.jsonl", cwd=sources)
+    assert (local.returncode, on_ray.returncode) == (1 if "img2dataset.parquet" in inputs else 0,) * 2, on_ray.stderr
+    rows = json_rows(sources / "ray.jsonl")
+    same_rows(rows, json_rows(sources / "local.jsonl"))
+    if "label" in inputs:
+        assert [row["label"] for row in sorted(rows, key=lambda row: row["path"])] == [0, 1, 2, 3, 4]
+    else:
+        assert {row["path"]: row["key"] for row in rows if row["path"].startswith("shards/00000")} == {
+            "shards/00000.tar::000000.jpg": "000000", "shards/00000.tar::000001.jpg": "000001",
+            "shards/00000.tar::000002.png": "000002", "shards/00000.tar::000003.jpg": "000003"}
+        assert any("shards/00002.tar" in row["path"] and "ends inside" in (row["error"] or "") for row in rows)
+
+
+def test_cli_on_ray_resumes_a_shard_and_a_parquet_file_cut_in_the_middle(cluster, sources, tiny_checkpoint,
+                                                                         tmp_path):
+    for name in ("shards", "img2dataset.parquet"):
+        (tmp_path / name).symlink_to(sources / name)
+    args = ("shards/0000{0,1}.tar*", "img2dataset.parquet", "--weights", tiny_checkpoint)
+    full = cli(*args, "-q", "-o", "full.csv", cwd=tmp_path)
+    assert full.returncode == 1, full.stderr
+    lines = (tmp_path / "full.csv").read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.startswith(("path,", "shards/00000.tar::000000", "img2dataset.parquet::0"))]
+    (tmp_path / "killed.csv").write_text("".join(kept))
+    resumed = cli("--ray", cluster, *args, "-o", "killed.csv", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 1, resumed.stderr
+    assert "resuming: 2 images already in killed.csv" in resumed.stderr
+    with open(tmp_path / "killed.csv", newline="") as f:
+        after = list(csv.DictReader(f))
+    with open(tmp_path / "full.csv", newline="") as f:
+        before = {row["path"]: row for row in csv.DictReader(f)}
+    assert sorted(row["path"] for row in after) == sorted(before)  # each member and row exactly once
+    for row in after:
+        assert (row["key"], row["error"]) == (before[row["path"]]["key"], before[row["path"]]["error"])
+
+
+def test_score_dataset_of_shards_and_of_the_datasets_ray_reads(cluster, sources, tiny_checkpoint):
+    """A brace pattern of shards gives the local rows with their ``key``; Ray's own readers (``read_webdataset``
+    without its decoder, ``read_parquet`` of a Hugging Face struct column) score the same bytes alike."""
+    import ray
+
+    from qualiclip_infer import score_dataset
+    from qualiclip_infer.sources import plan_sources, score_entries
+
+    pattern = os.fspath(sources / "shards" / "{00000..00001}.tar*")
+    scorer = QualityScorer(tiny_checkpoint, device="cpu")
+    local = [dict(path=row.name, score=row.score, width=row.width, height=row.height, error=row.error, **row.extra)
+             for row in score_entries(scorer, plan_sources([pattern]).entries())]
+    dataset = score_dataset(pattern, weights=tiny_checkpoint, device="cpu", concurrency=2)
+    assert dataset.schema().names == ["path", "score", "width", "height", "error", "key"]
+    same_rows(dataset.take_all(), local)
+    scores = {row["path"]: row["score"] for row in local}
+
+    read = ray.data.read_webdataset(os.fspath(sources / "shards" / "00000.tar"), decoder=None)
+    rows = score_dataset(read, weights=tiny_checkpoint, device="cpu", concurrency=1, path_column="__key__",
+                         bytes_column="jpg", keep_columns=["__url__"]).take_all()
+    keyed = {row["path"]: row for row in rows}
+    assert sorted(keyed) == ["000000", "000001", "000002", "000003"]
+    assert keyed["000002"]["error"] == "no image bytes"  # a png and a cls: no jpg
+    for key in ("000000", "000001"):
+        assert abs(keyed[key]["score"] - scores[f"{sources}/shards/00000.tar::{key}.jpg"]) <= 1e-6
+        assert keyed[key]["__url__"].endswith("shards/00000.tar")
+    assert "not an image" in keyed["000003"]["error"]
+
+    files = {i: scorer.score(sources / f"{i}.jpg") for i in range(5)}
+    hf = ray.data.read_parquet(os.fspath(sources / "hf.parquet"))
+    rows = score_dataset(hf, weights=tiny_checkpoint, device="cpu", concurrency=1, path_column="label",
+                         bytes_column="image").take_all()
+    assert sorted((int(row["path"]), round(row["score"] - files[int(row["path"])], 6)) for row in rows) == [
+        (i, 0.0) for i in range(5)]
+    with pytest.raises(ValueError, match="no 'caption' column .keep_columns"):
+        score_dataset(hf, path_column="label", bytes_column="image", keep_columns=["caption"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Without the extra
 
 
@@ -346,7 +454,7 @@ def test_actors_go_offline_with_the_offline_option(cluster, folder, tiny_checkpo
 
     from qualiclip_infer._cli import scorer_options
     from qualiclip_infer.cli import build_parser
-    from qualiclip_infer.ray_scoring import BatchScorer
+    from qualiclip_infer.ray_actors import BatchScorer
 
     def actor_environment(options):
         os.environ.pop("HF_HUB_OFFLINE", None)

@@ -9,37 +9,19 @@ from typing import List
 
 import pytest
 
-from helpers_sources import (csv_rows, extract_images, jpeg_bytes, member_offset, png_bytes, memory_growth_mb,
-                             run_module, sample_members, tar_bytes, write_parquet, write_tar)
+from helpers_sources import (SHARD_IMAGES_A, build_parquet_files, build_shards, csv_rows, memory_growth_mb, run_module,
+                             write_parquet)
 from qualiclip_infer.scorer import QualityScorer
 from qualiclip_infer.sources import expand_braces, plan_sources, score_entries
 from qualiclip_infer.sources.tar import sample_key
 
 SCORE = "qualiclip_infer"
-IMAGES_A = ["000000.jpg", "000001.jpg", "000002.png"]
+IMAGES_A = SHARD_IMAGES_A
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    """Four shards: whole (with a non-image member), gzip (with a truncated jpg), cut inside a member's data, and
-    cut inside a header; plus ``extracted/``, the images of the whole samples as plain files."""
-    root = tmp_path_factory.mktemp("shards")
-    (root / "shards").mkdir()
-    a = (sample_members("000000", 1) + sample_members("000001", 2)
-         + [("000002.png", png_bytes(3)), ("000002.cls", b"7"), ("000003.jpg", b"caption, not a jpeg")])
-    write_tar(root / "shards" / "00000.tar", a)
-    broken_jpeg = jpeg_bytes(5)[:900]
-    b = sample_members("000010", 4) + sample_members("000011", 5, image=broken_jpeg)
-    write_tar(root / "shards" / "00001.tar.gz", b, gzipped=True)
-    c = sample_members("000020", 6) + sample_members("000021", 7)
-    (root / "shards" / "00002.tar").write_bytes(tar_bytes(c)[:member_offset(c, 3) + 200])
-    d = sample_members("000030", 8) + sample_members("000031", 9)
-    (root / "shards" / "00003.tar").write_bytes(tar_bytes(d)[:member_offset(d, 3) - 300])
-    extract_images(a, root / "extracted" / "a", IMAGES_A)
-    extract_images(b, root / "extracted" / "b", ["000010.jpg"])
-    extract_images(c, root / "extracted" / "c", ["000020.jpg"])
-    extract_images(d, root / "extracted" / "d", ["000030.jpg"])
-    return root
+    return build_shards(tmp_path_factory.mktemp("shards"))
 
 
 @pytest.fixture(scope="module")
@@ -111,17 +93,7 @@ def test_shards_through_a_file_uri_and_a_folder(shards, scorer):
 
 @pytest.fixture(scope="module")
 def parquet_files(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("parquet")
-    images = [jpeg_bytes(20 + i) for i in range(5)]
-    for i, data in enumerate(images):
-        (root / f"{i}.jpg").write_bytes(data)
-    write_parquet(root / "img2dataset.parquet", {
-        "key": [f"k{i}" for i in range(5)], "caption": [f"c{i}" for i in range(5)],
-        "jpg": images[:3] + [None, b"not an image"]}, row_group_size=2)
-    write_parquet(root / "hf.parquet", {
-        "image": [{"bytes": data, "path": f"{i}.jpg"} for i, data in enumerate(images)],
-        "label": list(range(5))}, row_group_size=2)
-    return root
+    return build_parquet_files(tmp_path_factory.mktemp("parquet"))
 
 
 def test_parquet_rows_score_as_the_files_with_ids_carried(parquet_files, tiny_checkpoint):
@@ -129,6 +101,7 @@ def test_parquet_rows_score_as_the_files_with_ids_carried(parquet_files, tiny_ch
     result = run_module(SCORE, "img2dataset.parquet", *weights, "-o", "a.jsonl", cwd=parquet_files)
     assert result.returncode == 1, result.stderr
     files = run_module(SCORE, *[f"{i}.jpg" for i in range(5)], *weights, "-o", "files.csv", cwd=parquet_files)
+    assert files.returncode == 0, files.stderr
     reference = [float(row["score"]) for row in csv_rows(parquet_files / "files.csv")]
     rows = [json.loads(line) for line in (parquet_files / "a.jsonl").read_text().splitlines()]
     assert [row["path"] for row in rows] == [f"img2dataset.parquet::{i}" for i in range(5)]

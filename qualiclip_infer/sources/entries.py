@@ -11,10 +11,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, Iterator, Optional, Union
 
-from ..results import ScoreResult
+from ..results import SourceResult
 
 if TYPE_CHECKING:
     from ..scorer import QualityScorer
+
+
+# Between a shard or Parquet file and the member or row in a row's path: ``shards/00042.tar::000420017.jpg``.
+SOURCE_SEPARATOR = "::"
 
 
 class SourceError(ValueError):
@@ -36,13 +40,6 @@ class Entry:
     data: Union[bytes, str, os.PathLike, None] = None
     extra: Dict[str, Any] = field(default_factory=dict)
     error: str = ""
-
-
-@dataclass
-class SourceResult(ScoreResult):
-    """A :class:`~qualiclip_infer.results.ScoreResult` with the extra columns of its entry."""
-
-    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def score_entries(scorer: QualityScorer, entries: Iterable[Entry], *,

@@ -7,11 +7,11 @@ carrying the id columns.
 
 from __future__ import annotations
 
-from typing import IO, Any, AbstractSet, Callable, Iterator, List, Optional, Sequence
+from typing import IO, Any, AbstractSet, Callable, Dict, Iterator, List, Optional, Sequence
 
 from ..extras import require
 from ..messages import first_line
-from .entries import Entry, SourceError
+from .entries import SOURCE_SEPARATOR, Entry, SourceError
 
 DEFAULT_IMAGE_COLUMNS = ("jpg", "png", "webp", "image", "bytes")
 # Rows read at a time: the engine already holds a window of 256 encoded images, so a smaller batch adds little to
@@ -69,17 +69,20 @@ def _opened(path: str, opener: Callable[[str], IO[bytes]]) -> IO[bytes]:
 
 
 def check_columns(path: str, opener: Callable[[str], IO[bytes]], image_col: Optional[str],
-                  id_cols: Optional[Sequence[str]]) -> List[str]:
-    """Checks that a Parquet file has its image column (see :func:`image_column`) and returns its id columns:
-    ``id_cols`` (each must exist), else ``key`` when present, else ``row`` (the row number).
+                  id_cols: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """Checks that a Parquet file has its image column (see :func:`image_column`) and returns its id columns with
+    their Arrow types: ``id_cols`` (each must exist), else ``key`` when present, else ``row`` (the row number, int64).
 
     Raises:
         SourceError: The file cannot be read, or lacks a column.
     """
+    import pyarrow as pa
+
     with _opened(path, opener) as handle:
         schema = _parquet_file(path, handle).schema_arrow
         image_column(schema, image_col, path)
-        return _id_columns(path, id_cols, schema.names)
+        return {name: schema.field(name).type if name in schema.names else pa.int64()
+                for name in _id_columns(path, id_cols, schema.names)}
 
 
 def _id_columns(path: str, requested: Optional[Sequence[str]], names: Sequence[str]) -> List[str]:
@@ -124,14 +127,14 @@ def _rows(path: str, handle: IO[bytes], image_col: Optional[str], id_cols: Optio
             images = batch.column(column).to_pylist()
             carried = {name: batch.column(name).to_pylist() for name in stored_ids}
             for position, value in enumerate(images):
-                name = f"{path}::{row}"
+                name = f"{path}{SOURCE_SEPARATOR}{row}"
                 if name not in skip:
                     extra = {key: carried[key][position] if key in carried else row for key in ids}
                     yield _entry(name, value, column, extra)
                 row += 1
     except Exception as error:  # a corrupt row group: report it and keep the rows already read
-        if f"{path}::{row}" not in skip:
-            yield Entry(f"{path}::{row}", None, {}, f"cannot read row {row} onwards: {first_line(error)}")
+        if f"{path}{SOURCE_SEPARATOR}{row}" not in skip:
+            yield Entry(f"{path}{SOURCE_SEPARATOR}{row}", None, {}, f"cannot read row {row} onwards: {first_line(error)}")
 
 
 def _entry(name: str, value: Any, column: str, extra: dict) -> Entry:

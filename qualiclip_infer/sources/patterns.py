@@ -11,10 +11,11 @@ import glob
 import os
 import re
 from dataclasses import dataclass
-from typing import AbstractSet, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, AbstractSet, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..files import find_images, image_extensions
-from ..uris import is_uri, list_uri, open_input
+from ..messages import first_line
+from ..uris import InputOpener, is_uri, list_uri, open_input
 from .entries import Entry, SourceError
 from .parquet import check_columns, iter_parquet
 from .tar import iter_tar
@@ -85,13 +86,27 @@ class SourcePlan:
         Raises:
             SourceError: The first Parquet input cannot be read, or lacks the image or id columns.
         """
-        columns: Dict[str, None] = {}
+        return list(self.extra_column_types())
+
+    def extra_column_types(self) -> Dict[str, Any]:
+        """:meth:`extra_columns` with the Arrow type each has in the first Parquet input (``None``: text, as the
+        WebDataset ``key``). Rows written as Parquet or handed over by Ray hold these columns as text; the types
+        turn them back into the values a local run gives.
+
+        Raises:
+            SourceError: As for :meth:`extra_columns`.
+        """
+        columns: Dict[str, Any] = {}
         if any(kind == "tar" for kind, _ in self.inputs):
             columns["key"] = None
         parquet = [path for kind, path in self.inputs if kind == "parquet"]
         if parquet:
-            columns.update(dict.fromkeys(check_columns(parquet[0], open_input, self.image_col, self.id_cols)))
-        return list(columns)
+            columns.update(check_columns(parquet[0], open_input, self.image_col, self.id_cols))
+        return columns
+
+    def is_images(self) -> bool:
+        """Whether every input is an image file (no shard, no Parquet file)."""
+        return all(kind == "image" for kind, _ in self.inputs)
 
     def select(self, keep: Callable[[str], bool]) -> "SourcePlan":
         """The plan with only the inputs (shard files, Parquet files, images) whose path ``keep`` accepts."""
@@ -100,12 +115,26 @@ class SourcePlan:
     def entries(self, skip: AbstractSet[str] = frozenset()) -> Iterator[Entry]:
         """Every image of every input, in order, except those whose name is in ``skip`` (resumed runs)."""
         for kind, path in self.inputs:
-            if kind == "tar":
-                yield from iter_tar(path, open_input, skip)
-            elif kind == "parquet":
-                yield from iter_parquet(path, open_input, self.image_col, self.id_cols, skip)
-            elif path not in skip:
-                yield Entry(path, path)
+            yield from input_entries(kind, path, image_col=self.image_col, id_cols=self.id_cols, skip=skip)
+
+
+def input_entries(kind: str, path: str, *, image_col: Optional[str] = None, id_cols: Optional[Sequence[str]] = None,
+                  skip: AbstractSet[str] = frozenset(), opener: InputOpener = open_input) -> Iterator[Entry]:
+    """The entries of one input of a :class:`SourcePlan` (kind ``tar``, ``parquet`` or ``image``), except those named
+    in ``skip``; ``opener`` finds the files (a Ray actor's opener knows the driver's working directory)."""
+    if kind == "tar":
+        yield from iter_tar(path, opener, skip)
+    elif kind == "parquet":
+        yield from iter_parquet(path, opener, image_col, id_cols, skip)
+    elif path in skip:
+        return
+    elif not is_uri(path):
+        yield Entry(path, opener.local_path(path))
+    else:
+        try:
+            yield Entry(path, opener.read(path))
+        except OSError as error:
+            yield Entry(path, None, {}, f"cannot read: {first_line(error)}")
 
 
 def plan_sources(paths: Sequence[str], *, recursive: bool = True, hidden: bool = False,

@@ -17,7 +17,7 @@ from typing import IO, AbstractSet, Callable, Iterator, List, Optional, Tuple
 
 from ..messages import first_line
 from ..files import image_extensions
-from .entries import Entry
+from .entries import SOURCE_SEPARATOR, Entry
 
 # WebDataset's split of a member name: the key is everything up to the first dot of the file name (folders kept).
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
@@ -143,11 +143,11 @@ def iter_tar(shard: str, opener: Callable[[str], IO[bytes]], skip: AbstractSet[s
                 inside = False
             elif member is not None and not inside:
                 error = f"{error}; the last member read was {member.name}"
-            name = f"{shard}::{member.name}" if inside else shard
+            name = f"{shard}{SOURCE_SEPARATOR}{member.name}" if inside else shard
             if name not in skip:
                 yield Entry(name, None, {"key": sample_key(member.name) if inside else ""}, error)
             return
-        name = f"{shard}::{member.name}"
+        name = f"{shard}{SOURCE_SEPARATOR}{member.name}"
         if is_image_member(member.name) and name not in skip:
             yield Entry(name, data, {"key": sample_key(member.name)})
 
