@@ -1,9 +1,11 @@
-"""Scoring on a Ray cluster: :func:`score_dataset` turns paths, URIs or a Ray Dataset into a Dataset of score rows.
+"""Scoring on a Ray cluster: :func:`score_dataset` turns paths, URIs, tar shards, Parquet files or a Ray Dataset into
+a Dataset of score rows.
 
-Each Ray actor loads the model once and scores the images of the batches it is handed with the same engine as
-``QualityScorer.score`` and ``qualiclip-score``, at native resolution, so a cluster gives the rows one machine gives:
-``path, score, width, height, error``. Images travel as paths (read where the actor runs; local paths must then be
-visible on every node) or as encoded bytes, never as decoded or resized pixels.
+Each Ray actor (:mod:`~qualiclip_infer.ray_actors`) loads the model once and scores what it is handed with the same
+engine as ``QualityScorer.score`` and ``qualiclip-score``, at native resolution, so a cluster gives the rows one
+machine gives: ``path, score, width, height, error``, and for shards and Parquet files their extra columns. Images
+travel as paths (read where the actor runs; local paths must then be visible on every node), as whole shard and
+Parquet files streamed by one actor each, or as encoded bytes, never as decoded or resized pixels.
 
 Ray and pyarrow are imported only when needed: without the ``ray`` extra this module still imports, and
 :func:`require_ray` names the extra to install.
