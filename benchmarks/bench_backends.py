@@ -9,6 +9,9 @@ Sets: ``A × 224²`` and ``B × 1024×768`` JPEGs, and a mixed folder of ``C`` p
 1024x768, both orientations) in four kinds: clean, Gaussian-blurred, noisy and JPEG quality 10, so bf16's agreement
 is measured on degraded photos too. The checkpoint is a full-size RN50 with random weights (``tests/helpers.py``).
 
+``torch fp32, glibc's malloc`` is the torch path with ``QUALICLIP_INFER_MALLOC=system``: as it ran before the
+commands kept freed memory (``qualiclip_infer/allocator.py``), the baseline of that change.
+
 ``--steady`` measures the same runners' image tower + head in one process instead (``score_tensor`` on a prepared
 batch, runners interleaved, median of 5 calls): 224² in batches of 8 and 1024×768 one at a time, free of start-up
 and decoding, and much less disturbed by other load than whole runs are. It runs alone (no folder sets).
@@ -43,6 +46,7 @@ sys.path.insert(0, str(BENCHMARKS))
 sys.path.insert(0, str(REPO))
 import bench_score  # noqa: E402  (its runner, photo writer and official loop)
 
+from qualiclip_infer.allocator import keep_freed_memory  # noqa: E402
 from qualiclip_infer.cpu_features import bf16_summary, has_native_bf16  # noqa: E402
 from qualiclip_infer.metrics import srcc  # noqa: E402
 
@@ -50,6 +54,7 @@ MIXED_SIZES = [(256, 192), (320, 240), (384, 288), (448, 336), (512, 384), (640,
                (192, 256), (240, 320), (384, 512), (480, 640)]
 RUNNERS = {  # name: extra qualiclip-score options, or None for the official loop
     "official": None,
+    "torch fp32, glibc's malloc": ["--backend", "torch"],
     "torch fp32": ["--backend", "torch"],
     "openvino fp32": ["--backend", "openvino"],
     "onnxruntime fp32": ["--backend", "onnxruntime"],
@@ -57,6 +62,9 @@ RUNNERS = {  # name: extra qualiclip-score options, or None for the official loo
     "openvino bf16": ["--backend", "openvino", "--precision", "bf16"],
 }
 BASELINE = "torch fp32"
+# Runners whose process runs with these environment variables: the torch path as it was before the commands kept
+# freed memory (qualiclip_infer/allocator.py).
+ENVIRONMENTS = {"torch fp32, glibc's malloc": {"QUALICLIP_INFER_MALLOC": "system"}}
 
 
 def main() -> None:
@@ -112,7 +120,9 @@ def _parse_args() -> argparse.Namespace:
 def _command(runner: str, folder: Path, checkpoint: Path, config: dict) -> List[str]:
     if RUNNERS[runner] is None:
         return bench_score._command("official", None, folder, checkpoint, config)
-    return bench_score._command("ours", None, folder, checkpoint, config) + RUNNERS[runner]
+    variables = [f"{name}={value}" for name, value in ENVIRONMENTS.get(runner, {}).items()]
+    return ["env", *variables] * bool(variables) + bench_score._command("ours", None, folder, checkpoint,
+                                                                        config) + RUNNERS[runner]
 
 
 def _mixed_photos(folder: Path, count: int) -> Path:
@@ -174,10 +184,11 @@ def _steady(checkpoint: Path, threads: int) -> Dict[str, Dict[str, Tuple[float, 
     from qualiclip_infer import QualityScorer
 
     torch.set_num_threads(threads)
+    keep_freed_memory()  # as the commands do; one process cannot also show glibc's default (the whole runs do)
     os.environ.setdefault("QUALICLIP_INFER_CACHE", str(Path(checkpoint).parent / "cache"))
     scorers = {}
     for runner, options in RUNNERS.items():
-        if options is not None and ("bf16" not in runner or has_native_bf16()):
+        if options is not None and runner not in ENVIRONMENTS and ("bf16" not in runner or has_native_bf16()):
             backend, precision = options[1], options[3] if len(options) > 3 else "fp32"
             scorers[runner] = QualityScorer(checkpoint, device="cpu", backend=backend, precision=precision)
     helpers = bench_score._test_helpers()

@@ -13,6 +13,7 @@ from ._lazy import lazy_exports
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from .allocator import keep_freed_memory
     from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from .eval import evaluate, read_mos
     from .hub import WeightsNotFoundError, resolve_weights
@@ -47,6 +48,7 @@ _EXPORTS = {
     "save_map": "render",
     "render_map": "render",
     "QualiCLIPLoss": "loss",
+    "keep_freed_memory": "allocator",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -15,6 +15,7 @@ import tempfile
 import warnings
 from typing import TYPE_CHECKING, Callable, List, NoReturn, Optional, Sequence, Tuple, Type
 
+from .allocator import keep_freed_memory
 from .constants import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS, PRECISIONS, default_workers
 from .deadline_pool import current_label
 from .extras import MissingExtraError
@@ -85,6 +86,7 @@ def run(prog: str, body: Callable[[], int], *, usage_errors: Tuple[Type[BaseExce
         text = " ".join(str(message).split())
         say(prog, f"{label}: warning: {text}" if label else f"warning: {text}")
 
+    keep_freed_memory()  # 7-10% of a CPU forward pass (allocator.py)
     try:
         with warnings.catch_warnings():
             if quiet or sys.stderr is None:

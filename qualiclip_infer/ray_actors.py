@@ -11,6 +11,7 @@ import itertools
 import json
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from .allocator import keep_freed_memory
 from .hub import go_offline
 from .messages import first_line
 from .parquet_rows import parquet_values, row_schema
@@ -30,10 +31,12 @@ ROWS_PER_OUTPUT = 256
 
 
 def load_actor_scorer(scorer_options: Dict[str, Any], threads: int) -> QualityScorer:
-    """The actor's :class:`~qualiclip_infer.QualityScorer`, with ``threads`` torch CPU threads; offline first when
-    ``local_files_only`` asks for it (before huggingface_hub is imported in this worker)."""
+    """The actor's :class:`~qualiclip_infer.QualityScorer`, with ``threads`` torch CPU threads and freed memory kept
+    (:mod:`~qualiclip_infer.allocator`); offline first when ``local_files_only`` asks for it (before huggingface_hub
+    is imported in this worker)."""
     if scorer_options.get("local_files_only"):
         go_offline()
+    keep_freed_memory()
     import torch
 
     from .scorer import QualityScorer

@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "qualiclip_infer"
 # Modules the commands import before they parse their arguments: they must not need torch (``--help`` stays instant).
-TORCH_FREE = {"_cli", "_lazy", "_version", "atomic", "constants", "extras", "files", "hub", "messages", "output", "uris",
+TORCH_FREE = {"_cli", "_lazy", "_version", "allocator", "atomic", "constants", "extras", "files", "hub", "messages", "output", "uris",
               "parquet_rows", "presets", "ray_scoring", "results", "score_files", "deadline_pool", "writelock", "streams",
               "runtime_info", "cpu_features", "export_cli", "ray_actors", "sources", "sources.entries", "sources.hf",
               "sources.parquet", "sources.patterns", "sources.tar"}

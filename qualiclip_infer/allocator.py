@@ -1,0 +1,54 @@
+"""Keeping freed memory in the process, so that torch's CPU forward passes stop paying the kernel for it each time.
+
+An RN50 forward pass on the CPU frees and asks again for activation buffers of tens of MB (a batch of 16 224² images:
+51 MB for one layer's output). glibc's malloc serves every block over its mmap threshold (at most 32 MiB) from a
+fresh ``mmap`` and hands it back with ``munmap`` when freed, so the next pass faults in and zeroes the same pages
+again: 7-10% of torch's whole forward time on 2 Zen 4 cores, with no change in peak memory once the blocks come from
+the heap (``benchmarks/RESULTS.md``, "Memory allocator"). OpenVINO and ONNX Runtime keep their own buffers and are
+not affected.
+
+The commands call :func:`keep_freed_memory` as they start, and so does each Ray actor; a program of your own that
+scores on the CPU can call it too. It changes how the whole process allocates, which is why the library itself never
+calls it behind your back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+# mallopt parameters (glibc's malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+# Free memory at the top of the heap kept rather than returned to the kernel.
+_KEPT_BYTES = 1 << 30
+# Set to "system" to leave glibc's malloc as it is (a long-lived process that must give memory back between jobs).
+ENVIRONMENT_VARIABLE = "QUALICLIP_INFER_MALLOC"
+
+_tuned = False
+
+
+def keep_freed_memory() -> bool:
+    """Makes glibc's malloc serve large blocks from the heap and keep up to 1 GiB of freed memory for reuse.
+
+    Idempotent; does nothing where the C library is not glibc (macOS, Windows, musl), with
+    ``QUALICLIP_INFER_MALLOC=system`` in the environment, or when malloc is replaced by ``LD_PRELOAD`` (jemalloc,
+    tcmalloc: those keep memory themselves, and glibc's settings do not reach them).
+
+    Returns:
+        Whether glibc's malloc is tuned (now or by an earlier call).
+    """
+    global _tuned
+    if _tuned:
+        return True
+    if os.environ.get(ENVIRONMENT_VARIABLE) == "system":
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        _tuned = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEPT_BYTES))
+    except (OSError, AttributeError):
+        return False
+    return _tuned
