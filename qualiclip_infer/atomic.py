@@ -43,7 +43,8 @@ def atomic_write(path: Union[str, os.PathLike]) -> Iterator[BinaryIO]:
         raise
 
 
-def write_text_atomically(path: Union[str, os.PathLike], text: str, encoding: str = "utf-8") -> None:
+def write_text_atomically(path: Union[str, os.PathLike], text: str, encoding: str = "utf-8",
+                          errors: str = "strict") -> None:
     """Writes ``text`` to ``path`` through :func:`atomic_write`."""
     with atomic_write(path) as f:
-        f.write(text.encode(encoding))
+        f.write(text.encode(encoding, errors))

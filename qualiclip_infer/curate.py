@@ -15,12 +15,14 @@ on the fly): once to score each unit from the scores, once to write the kept uni
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from .atomic import write_text_atomically
 from .messages import first_line
 from .output import TEXT_ENCODING, TEXT_ERRORS
 from .score_files import ScoresFileError, read_score_rows
@@ -198,14 +200,16 @@ def write_kept(plan: SourcePlan, selection: Selection, scores: List[Optional[flo
                 if selection.keep[index]:
                     paths.append(path)
                 index += 1
-    finally:
-        tars.close()
-        parquets.close()
+    except BaseException:
+        tars.discard()
+        parquets.discard()
+        raise
+    tars.close()
+    parquets.close()
     files = tars.files + parquets.files
     if paths:
         listing = os.path.join(folder, "kept-paths.txt")
-        with open(listing, "w", encoding=TEXT_ENCODING, errors=TEXT_ERRORS) as f:
-            f.writelines(f"{path}\n" for path in paths)
+        write_text_atomically(listing, "".join(f"{path}\n" for path in paths), TEXT_ENCODING, TEXT_ERRORS)
         files.append({"file": listing, "count": len(paths)})
     return files
 
@@ -235,11 +239,12 @@ def _write_parquet_rows(path: str, selection: Selection, scores: List[Optional[f
 
 def write_manifest(folder: str, manifest: Dict[str, Any], failed: List[Unit]) -> None:
     """``manifest.json`` and ``failed.csv`` (name, error) in ``folder``."""
-    with open(os.path.join(folder, "failed.csv"), "w", encoding=TEXT_ENCODING, errors=TEXT_ERRORS, newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["name", "error"])
-        writer.writerows([unit.name, unit.error] for unit in failed)
-    with open(os.path.join(folder, "manifest.json"), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["name", "error"])
+    writer.writerows([unit.name, unit.error] for unit in failed)
+    write_text_atomically(os.path.join(folder, "failed.csv"), table.getvalue(), TEXT_ENCODING, TEXT_ERRORS)
+    # Last: a folder with a manifest is a finished run.
+    write_text_atomically(os.path.join(folder, "manifest.json"),
+                          json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 

@@ -137,3 +137,28 @@ def test_usage_errors_exit_2_and_write_nothing(dataset, args, message):
     result = run_module(FILTER, "shards", "--scores", "scores.csv", *args, *output, cwd=dataset)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (dataset / "out-refused").exists()
+
+
+def test_a_run_stopped_inside_a_shard_leaves_only_finished_files(dataset, tmp_path, monkeypatch):
+    """Every kept sample in its own shard; the second input shard breaks off after its first sample: the output
+    shards finished before are whole under their names, the one being written is gone, no temporary file is left."""
+    # Kept: 000000, 000001 (-> 00000.tar), 000002 (-> 00001.tar, unfinished), then the second input breaks.
+    from qualiclip_infer import curate
+    from qualiclip_infer.sources import plan_sources
+
+    plan = plan_sources([str(dataset / "shards" / "00000.tar"), str(dataset / "shards" / "00001.tar")])
+    real = curate.iter_samples
+
+    def stops_in_the_second_shard(path, opener):
+        for number, sample in enumerate(real(path, opener)):
+            if path.endswith("00001.tar"):
+                raise KeyboardInterrupt
+            yield sample
+
+    monkeypatch.setattr(curate, "iter_samples", stops_in_the_second_shard)
+    units = 3 + 4
+    selection = curate.Selection([True] * units, {}, None)
+    with pytest.raises(KeyboardInterrupt):
+        curate.write_kept(plan, selection, [0.5] * units, str(tmp_path), shard_size=2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["00000.tar"]
+    assert sorted({name.split(".")[0] for name, _ in read_tar(tmp_path / "00000.tar")}) == ["000000", "000001"]

@@ -6,14 +6,16 @@ reports the files with their counts; the score of each sample goes into its ``.j
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
 import os
 import tarfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, BinaryIO, Dict, List, Optional
 
+from ..atomic import atomic_write
 from .tar import Sample
 
 _PARQUET_GROUP_ROWS = 10_000
@@ -21,17 +23,39 @@ _PARQUET_GROUP_ROWS = 10_000
 
 @dataclass
 class _Numbered:
-    """Output files ``OUT/00000.SUFFIX``, ``OUT/00001.SUFFIX``..., each holding at most ``size`` units."""
+    """Output files ``OUT/00000.SUFFIX``, ``OUT/00001.SUFFIX``..., each holding at most ``size`` units.
+
+    Each is written through :func:`~qualiclip_infer.atomic.atomic_write`: a run that stops midway leaves the files
+    it finished and no part of the one it was writing under a shard's name.
+    """
 
     folder: str
     suffix: str
     size: int
     files: List[Dict[str, Any]] = field(default_factory=list)
+    _open: Optional[contextlib.ExitStack] = None
 
-    def next_file(self) -> str:
+    def next_file(self) -> BinaryIO:
+        """Finishes the current file, and opens the next one (a temporary file until :meth:`finish`)."""
+        self.finish()
         path = os.path.join(self.folder, f"{len(self.files):05d}{self.suffix}")
         self.files.append({"file": path, "count": 0})
-        return path
+        self._open = contextlib.ExitStack()
+        return self._open.enter_context(atomic_write(path))
+
+    def finish(self) -> None:
+        """Gives the file being written its name."""
+        if self._open is not None:
+            opened, self._open = self._open, None
+            opened.close()
+
+    def discard(self) -> None:
+        """Removes the file being written, leaving the finished ones."""
+        if self._open is not None:
+            opened, self._open = self._open, None
+            self.files.pop()
+            stopped = RuntimeError("the output file was not finished")
+            opened.__exit__(RuntimeError, stopped, None)
 
     def full(self) -> bool:
         return not self.files or self.files[-1]["count"] >= self.size
@@ -52,7 +76,7 @@ class TarShardWriter:
     def write(self, sample: Sample, score: float) -> None:
         if self._numbered.full():
             self.close()
-            self._archive = tarfile.open(self._numbered.next_file(), "w", format=tarfile.PAX_FORMAT)
+            self._archive = tarfile.open(fileobj=self._numbered.next_file(), mode="w", format=tarfile.PAX_FORMAT)
         has_json = False
         for member, data in sample.members:
             if member.name.endswith(".json") and member.name[:-5] == sample.key:
@@ -71,9 +95,16 @@ class TarShardWriter:
         self._archive.addfile(info, io.BytesIO(data))
 
     def close(self) -> None:
+        """Finishes the shard being written."""
         if self._archive is not None:
             self._archive.close()
             self._archive = None
+        self._numbered.finish()
+
+    def discard(self) -> None:
+        """Removes the shard being written (the run failed inside it); the finished ones stay."""
+        self._archive = None
+        self._numbered.discard()
 
 
 def _with_score(data: bytes, key: str, score: float) -> bytes:
@@ -131,7 +162,15 @@ class ParquetPartWriter:
             self._pending = []
 
     def close(self) -> None:
+        """Finishes the file being written."""
         if self._writer is not None:
             self._flush()
             self._writer.close()
             self._writer = None
+        self._numbered.finish()
+
+    def discard(self) -> None:
+        """Removes the file being written (the run failed inside it); the finished ones stay."""
+        self._writer = None
+        self._pending = []
+        self._numbered.discard()
