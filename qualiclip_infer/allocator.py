@@ -3,8 +3,9 @@
 An RN50 forward pass on the CPU frees and asks again for activation buffers of tens of MB (a batch of 16 224² images:
 51 MB for one layer's output). glibc's malloc serves every block over its mmap threshold (at most 32 MiB) from a
 fresh ``mmap`` and hands it back with ``munmap`` when freed, so the next pass faults in and zeroes the same pages
-again: 7-10% of torch's forward time on 2 Zen 4 cores, 5-8% of a whole ``qualiclip-score`` run, for 60-140 MB more
-peak memory (``benchmarks/RESULTS.md``, "Keeping freed memory"). OpenVINO and ONNX Runtime keep their own buffers and are
+again: about 10% of torch's forward time on 2 Zen 4 cores, 4-8% of a whole ``qualiclip-score`` run's wall time
+(its system time falls by 60-70%), for 130-180 MiB more peak memory (``benchmarks/RESULTS.md``, "Keeping freed
+memory"). OpenVINO and ONNX Runtime keep their own buffers and are
 not affected.
 
 The commands call :func:`keep_freed_memory` as they start, and so does each Ray actor; a program of your own that
@@ -24,8 +25,7 @@ _M_MMAP_THRESHOLD = -3
 # Blocks up to this size come from the heap (RN50's activations at 16 x 224² or one 1024x768 photo: up to 51 MB);
 # larger ones (a 48-megapixel photo decoded: 144 MB) are still mapped and handed back when freed.
 _HEAP_BLOCKS_UP_TO = 128 << 20
-# Free memory at the top of the heap kept rather than returned to the kernel. Measured (2 Zen 4 cores, RN50 fp32,
-# whole qualiclip-score runs): 5-8% more rows/s for 60-140 MB more peak memory than glibc's default.
+# Free memory at the top of the heap kept rather than returned to the kernel.
 _KEPT_BYTES = 256 << 20
 # Set to "system" to leave glibc's malloc as it is (a long-lived process that must give memory back between jobs).
 ENVIRONMENT_VARIABLE = "QUALICLIP_INFER_MALLOC"
