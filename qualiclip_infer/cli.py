@@ -31,7 +31,7 @@ from .ray_scoring import RayJobError, is_ray_address, parse_actors, ray_rows
 from .results import CALIBRATED_COLUMNS
 from .score_writing import PROG, MapWriter, score_and_write, summary
 from .sources import SourceError, SourcePlan, plan_sources
-from .streams import reserve_standard_descriptors, silence_libtiff
+from .streams import silence_libtiff
 from .writelock import OutputBusyError, OutputLock
 
 if TYPE_CHECKING:
@@ -189,7 +189,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Returns:
         The exit status: 0 all images scored, 1 some failed, 2 usage error, 3 system error, 130 interrupted.
     """
-    reserve_standard_descriptors()
     args = build_parser().parse_args(_ray_address_first(sys.argv[1:] if argv is None else argv))
     return run(PROG, lambda: _run(args), interrupted="rows written so far are kept", quiet=args.quiet)
 

@@ -262,10 +262,29 @@ def test_closed_stderr_still_writes_every_row(photos, tiny_checkpoint, tmp_path)
     assert len(result.stdout.splitlines()) == 1 + 4
 
 
-def test_a_reader_that_leaves_early_stops_the_run_quietly(photos, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("closed", [0, 1, 2])
+def test_a_command_keeps_files_off_a_closed_standard_descriptor(tmp_path, closed):
+    """With descriptor 0, 1 or 2 closed, the first file a command opens would take its number, and a C library's
+    messages (fd 2) or a child's output (fd 1) would land in it: ``_cli.run`` reserves the closed ones first."""
+    program = ("import os, sys; from qualiclip_infer._cli import run\n"
+               "def body():\n"
+               "    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\n"
+               "    os.write(fd, str(fd).encode())\n"
+               "    return 0\n"
+               "sys.exit(run('probe', body))")
+    redirect = {0: "<&-", 1: ">&-", 2: "2>&-"}[closed]
+    result = _shell(f'"{sys.executable}" -c "{program}" opened.txt {redirect}', tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert int((tmp_path / "opened.txt").read_text()) > 2
+
+
+@pytest.mark.parametrize("reader", ["head -1", "true"])
+def test_a_reader_that_leaves_early_stops_the_run_quietly(photos, tiny_checkpoint, tmp_path, reader):
+    """``| head -1`` reads the header and leaves; ``| true`` leaves before the first row is written, so every
+    write meets a closed pipe (and, without care, so would Python's last flush of standard output at exit)."""
     result = _shell(f'"{sys.executable}" -m qualiclip_infer "{photos}" --weights "{tiny_checkpoint}" '
-                    f'--batch-size 1 2>err.txt | head -1', tmp_path)
-    assert result.stdout == "path,score,width,height,error\n"
+                    f'--batch-size 1 2>err.txt | {reader}', tmp_path)
+    assert result.stdout == ("path,score,width,height,error\n" if reader.startswith("head") else "")
     assert (tmp_path / "err.txt").read_text() == ""
 
 
