@@ -15,9 +15,8 @@ calls it behind your back.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
+import sys
 
 # mallopt parameters (glibc's malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -48,8 +47,10 @@ def keep_freed_memory() -> bool:
         return True
     if os.environ.get(ENVIRONMENT_VARIABLE) == "system":
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not sys.platform.startswith("linux") or not _is_glibc():
         return False
+    import ctypes  # here, not at the top: `--help` ends before any command calls this
+
     try:
         libc = ctypes.CDLL("libc.so.6")
         _tuned = (bool(libc.mallopt(_M_MMAP_THRESHOLD, _HEAP_BLOCKS_UP_TO))
@@ -57,3 +58,11 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return _tuned
+
+
+def _is_glibc() -> bool:
+    # os.confstr rather than platform.libc_ver: the platform module costs the commands' start-up 4 ms.
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):  # musl, and systems without the name
+        return False
