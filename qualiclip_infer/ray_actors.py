@@ -112,11 +112,13 @@ def _image_bytes(value: Any) -> Any:
     return None if isinstance(value, float) else value
 
 
-def work_unit(kind: str, paths: Sequence[str], skip: Sequence[str] = ()) -> str:
+def work_unit(kind: str, paths: Sequence[str], skip: Sequence[str] = (),
+              row_groups: Optional[Tuple[int, int]] = None) -> str:
     """One row of a :class:`SourceScorer`'s input: a tar shard or Parquet file (``kind`` ``tar`` or ``parquet``, one
-    path), or a run of images (``image``, several), with the row names not to score again. JSON text, so that the
-    Dataset has one column of one type whatever the units hold."""
-    return json.dumps({"kind": kind, "paths": list(paths), "skip": list(skip)})
+    path; ``row_groups`` ``(first, stop)``: a part of the Parquet file), or a run of images (``image``, several),
+    with the row names not to score again. JSON text, so that the Dataset has one column of one type whatever the
+    units hold."""
+    return json.dumps({"kind": kind, "paths": list(paths), "skip": list(skip), "row_groups": row_groups})
 
 
 class SourceScorer:
@@ -155,9 +157,10 @@ class SourceScorer:
         for text in batch.column("unit").to_pylist():
             unit = json.loads(text)
             skip = frozenset(unit["skip"])
+            groups = tuple(unit["row_groups"]) if unit["row_groups"] else None
             entries = itertools.chain.from_iterable(
                 input_entries(unit["kind"], path, image_col=self.image_col, id_cols=self.id_cols, skip=skip,
-                              opener=self._opener) for path in unit["paths"])
+                              opener=self._opener, row_groups=groups) for path in unit["paths"])
             for result in score_entries(self.scorer, entries, workers=self.workers):
                 rows.append(parquet_values(result, self.extra_columns, keep_empty=True))
                 if len(rows) == ROWS_PER_OUTPUT:

@@ -26,8 +26,9 @@ from .messages import first_line
 from .ray_actors import BatchScorer, SourceScorer, work_unit
 from .results import ScoreResult, from_values
 from .sources.entries import SOURCE_SEPARATOR
+from .sources.parquet import row_group_count
 from .sources.patterns import SourcePlan, plan_sources
-from .uris import find_inputs
+from .uris import find_inputs, open_input
 
 if TYPE_CHECKING:
     import ray.data
@@ -230,12 +231,15 @@ def _image_work(ray: Any, plan: SourcePlan, path_column: str, layout: _Layout) -
 
 
 def _source_work(ray: Any, plan: SourcePlan, layout: _Layout) -> _Work:
-    """Each shard and Parquet file one unit, read whole by one actor; images between them in runs, as for folders."""
+    """Each shard and Parquet file one unit, read whole by one actor (a Parquet file cut into parts of whole row
+    groups when there are too few files to give every actor several); images between them in runs, as for folders."""
     skipped: Dict[str, List[str]] = {}
     for name in layout.skip:
         skipped.setdefault(name.split(SOURCE_SEPARATOR, 1)[0], []).append(name)
     images = sum(kind == "image" for kind, _ in plan.inputs)
     per_call = layout.images_per_call(images)
+    files = len(plan.inputs) - images
+    parts_per_file = math.ceil(_CALLS_PER_ACTOR * layout.max_actors / files) if files else 1
     units: List[str] = []
     run: List[str] = []
     for kind, path in plan.inputs:
@@ -245,6 +249,9 @@ def _source_work(ray: Any, plan: SourcePlan, layout: _Layout) -> _Work:
             if len(run) == per_call:
                 units.append(work_unit("image", run))
                 run = []
+        elif kind == "parquet" and parts_per_file > 1:
+            units += [work_unit(kind, [path], skipped.get(path, ()), groups)
+                      for groups in _row_group_parts(path, parts_per_file)]
         else:
             units.append(work_unit(kind, [path], skipped.get(path, ())))
     if run:
@@ -253,6 +260,17 @@ def _source_work(ray: Any, plan: SourcePlan, layout: _Layout) -> _Work:
                                   override_num_blocks=max(1, min(len(units), _MAX_BLOCKS)))
     options = dict(extra_columns=plan.extra_columns(), image_col=plan.image_col, id_cols=plan.id_cols)
     return _Work(dataset, SourceScorer, options, 1)
+
+
+def _row_group_parts(path: str, parts: int) -> List[Optional[Tuple[int, int]]]:
+    """``(first, stop)`` row-group ranges cutting a Parquet file into up to ``parts`` parts of near-equal numbers of
+    groups; ``[None]`` (the whole file) for a file whose footer cannot be read (its actor reports why)."""
+    groups = row_group_count(path, open_input)
+    if not groups or groups < 2:
+        return [None]
+    parts = min(parts, groups)
+    bounds = [round(groups * part / parts) for part in range(parts + 1)]
+    return [(first, stop) for first, stop in zip(bounds, bounds[1:])]
 
 
 def _default_cpus(ray: Any, gpus: float, reads: bool) -> float:

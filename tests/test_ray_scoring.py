@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import pytest
 from helpers import natural_image, save_image
-from helpers_sources import build_parquet_files, build_shards
+from helpers_sources import build_parquet_files, build_shards, jpeg_bytes, write_parquet
 from PIL import Image
 
 from qualiclip_infer import QualityScorer
@@ -395,6 +395,29 @@ def test_score_dataset_of_shards_and_of_the_datasets_ray_reads(cluster, sources,
         (i, 0.0) for i in range(5)]
     with pytest.raises(ValueError, match="no 'caption' column .keep_columns"):
         score_dataset(hf, path_column="label", bytes_column="image", keep_columns=["caption"])
+
+
+def test_a_large_parquet_file_is_cut_between_actors_by_row_group(cluster, tiny_checkpoint, tmp_path):
+    """Too few files for the actors: a file of 7 row groups is read in parts of whole row groups, and the rows,
+    numbered as in the whole file, are the local run's."""
+    from qualiclip_infer import score_dataset
+    from qualiclip_infer.ray_scoring import _row_group_parts
+    from qualiclip_infer.sources import plan_sources, score_entries
+
+    images = [jpeg_bytes(60 + i, 48 + 8 * (i % 3), 40) for i in range(13)]
+    images[5] = None  # an error row in the middle of a part
+    path = write_parquet(tmp_path / "big.parquet", {"key": [f"k{i}" for i in range(13)], "jpg": images},
+                         row_group_size=2)
+    assert _row_group_parts(str(path), 3) == [(0, 2), (2, 5), (5, 7)]
+    assert _row_group_parts(str(path), 20) == [(group, group + 1) for group in range(7)]
+    assert _row_group_parts(str(tmp_path / "gone.parquet"), 3) == [None]
+    scorer = QualityScorer(tiny_checkpoint, device="cpu")
+    local = [dict(path=row.name, score=row.score, width=row.width, height=row.height, error=row.error, **row.extra)
+             for row in score_entries(scorer, plan_sources([str(path)]).entries())]
+    rows = score_dataset(str(path), weights=tiny_checkpoint, device="cpu", concurrency=2).take_all()
+    same_rows(rows, local)
+    assert sorted(int(row["path"].rsplit("::", 1)[1]) for row in rows) == list(range(13))
+    assert next(row for row in rows if row["key"] == "k5")["error"] == "no image bytes in column 'jpg'"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ carrying the id columns.
 
 from __future__ import annotations
 
-from typing import IO, Any, AbstractSet, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import IO, Any, AbstractSet, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..extras import require
 from ..messages import first_line
@@ -96,34 +96,53 @@ def _id_columns(path: str, requested: Optional[Sequence[str]], names: Sequence[s
 
 
 def iter_parquet(path: str, opener: Callable[[str], IO[bytes]], image_col: Optional[str],
-                 id_cols: Optional[Sequence[str]], skip: AbstractSet[str] = frozenset()) -> Iterator[Entry]:
+                 id_cols: Optional[Sequence[str]], skip: AbstractSet[str] = frozenset(),
+                 row_groups: Optional[Tuple[int, int]] = None) -> Iterator[Entry]:
     """The rows of a Parquet file as entries, a batch of rows at a time; a file that cannot be used gives one error
-    entry named ``FILE``. Names in ``skip`` are not yielded (``--resume``)."""
+    entry named ``FILE``. Names in ``skip`` are not yielded (``--resume``).
+
+    Args:
+        row_groups: ``(first, stop)``: only the rows of those row groups, numbered as in the whole file (a Ray run
+            splits a large file between actors); the part starting at group 0 reports a file that cannot be used.
+    """
+    first = row_groups[0] if row_groups else 0
     try:
         handle = _opened(path, opener)
     except SourceError as error:
-        if path not in skip:
+        if path not in skip and first == 0:
             yield Entry(path, None, {}, str(error)[len(path) + 2:])
         return
     with handle:
-        yield from _rows(path, handle, image_col, id_cols, skip)
+        yield from _rows(path, handle, image_col, id_cols, skip, row_groups)
+
+
+def row_group_count(path: str, opener: Callable[[str], IO[bytes]]) -> Optional[int]:
+    """The number of row groups of a Parquet file, or ``None`` when it cannot be read (its reader will say why)."""
+    try:
+        with _opened(path, opener) as handle:
+            return _parquet_file(path, handle).metadata.num_row_groups
+    except SourceError:
+        return None
 
 
 def _rows(path: str, handle: IO[bytes], image_col: Optional[str], id_cols: Optional[Sequence[str]],
-          skip: AbstractSet[str]) -> Iterator[Entry]:
+          skip: AbstractSet[str], row_groups: Optional[Tuple[int, int]]) -> Iterator[Entry]:
+    first = row_groups[0] if row_groups else 0
     try:
         parquet = _parquet_file(path, handle)
         schema = parquet.schema_arrow
         column = image_column(schema, image_col, path)
         ids = _id_columns(path, id_cols, schema.names)
     except SourceError as error:
-        if path not in skip:
+        if path not in skip and first == 0:
             yield Entry(path, None, {}, str(error)[len(path) + 2:])
         return
     stored_ids = [name for name in ids if name != "row" or "row" in schema.names]
-    row = 0
+    groups = range(*row_groups) if row_groups else range(parquet.metadata.num_row_groups)
+    row = sum(parquet.metadata.row_group(group).num_rows for group in range(first))
     try:
-        for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=[column, *stored_ids]):
+        for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, row_groups=list(groups),
+                                          columns=[column, *stored_ids]):
             images = batch.column(column).to_pylist()
             carried = {name: batch.column(name).to_pylist() for name in stored_ids}
             for position, value in enumerate(images):

@@ -119,13 +119,15 @@ class SourcePlan:
 
 
 def input_entries(kind: str, path: str, *, image_col: Optional[str] = None, id_cols: Optional[Sequence[str]] = None,
-                  skip: AbstractSet[str] = frozenset(), opener: InputOpener = open_input) -> Iterator[Entry]:
+                  skip: AbstractSet[str] = frozenset(), opener: InputOpener = open_input,
+                  row_groups: Optional[Tuple[int, int]] = None) -> Iterator[Entry]:
     """The entries of one input of a :class:`SourcePlan` (kind ``tar``, ``parquet`` or ``image``), except those named
-    in ``skip``; ``opener`` finds the files (a Ray actor's opener knows the driver's working directory)."""
+    in ``skip``; ``opener`` finds the files (a Ray actor's opener knows the driver's working directory);
+    ``row_groups`` ``(first, stop)`` reads only those row groups of a Parquet file."""
     if kind == "tar":
         yield from iter_tar(path, opener, skip)
     elif kind == "parquet":
-        yield from iter_parquet(path, opener, image_col, id_cols, skip)
+        yield from iter_parquet(path, opener, image_col, id_cols, skip, row_groups)
     elif path in skip:
         return
     elif not is_uri(path):
