@@ -15,6 +15,40 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
 
+class AtomicFile:
+    """A temporary binary file beside ``path`` that replaces it in one rename on :meth:`commit`, or is removed on
+    :meth:`discard`: the form of :func:`atomic_write` for a file whose writing outlives one ``with`` block (an
+    output shard filled sample by sample).
+
+    Raises:
+        OSError: The folder is missing or not writable.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike]):
+        self.path = Path(path)
+        handle, self._temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
+                                                   suffix=".partial")
+        self.file: BinaryIO = os.fdopen(handle, "wb")
+
+    def commit(self) -> None:
+        """Flushes the file to disk and gives it its name.
+
+        Raises:
+            OSError: The disk is full, or the rename fails (call :meth:`discard` then).
+        """
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self._temporary, self.path)
+
+    def discard(self) -> None:
+        """Removes the temporary file; ``path`` is left as it was."""
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(OSError):
+            os.remove(self._temporary)
+
+
 @contextlib.contextmanager
 def atomic_write(path: Union[str, os.PathLike]) -> Iterator[BinaryIO]:
     """Opens a temporary binary file that replaces ``path`` when the block ends without an exception.
@@ -29,17 +63,12 @@ def atomic_write(path: Union[str, os.PathLike]) -> Iterator[BinaryIO]:
     Raises:
         OSError: The folder is missing or not writable, or the disk is full.
     """
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    target = AtomicFile(path)
     try:
-        with os.fdopen(handle, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
+        yield target.file
+        target.commit()
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
+        target.discard()
         raise
 
 

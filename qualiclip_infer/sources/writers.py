@@ -6,7 +6,6 @@ reports the files with their counts; the score of each sample goes into its ``.j
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import json
@@ -15,7 +14,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Dict, List, Optional
 
-from ..atomic import atomic_write
+from ..atomic import AtomicFile
 from .tar import Sample
 
 _PARQUET_GROUP_ROWS = 10_000
@@ -25,37 +24,40 @@ _PARQUET_GROUP_ROWS = 10_000
 class _Numbered:
     """Output files ``OUT/00000.SUFFIX``, ``OUT/00001.SUFFIX``..., each holding at most ``size`` units.
 
-    Each is written through :func:`~qualiclip_infer.atomic.atomic_write`: a run that stops midway leaves the files
-    it finished and no part of the one it was writing under a shard's name.
+    Each is an :class:`~qualiclip_infer.atomic.AtomicFile`: a run that stops midway leaves the files it finished and
+    no part of the one it was writing under a shard's name.
     """
 
     folder: str
     suffix: str
     size: int
     files: List[Dict[str, Any]] = field(default_factory=list)
-    _open: Optional[contextlib.ExitStack] = None
+    _open: Optional[AtomicFile] = None
 
     def next_file(self) -> BinaryIO:
         """Finishes the current file, and opens the next one (a temporary file until :meth:`finish`)."""
         self.finish()
         path = os.path.join(self.folder, f"{len(self.files):05d}{self.suffix}")
         self.files.append({"file": path, "count": 0})
-        self._open = contextlib.ExitStack()
-        return self._open.enter_context(atomic_write(path))
+        self._open = AtomicFile(path)
+        return self._open.file
 
     def finish(self) -> None:
         """Gives the file being written its name."""
         if self._open is not None:
             opened, self._open = self._open, None
-            opened.close()
+            try:
+                opened.commit()
+            except BaseException:
+                opened.discard()
+                raise
 
     def discard(self) -> None:
         """Removes the file being written, leaving the finished ones."""
         if self._open is not None:
             opened, self._open = self._open, None
             self.files.pop()
-            stopped = RuntimeError("the output file was not finished")
-            opened.__exit__(RuntimeError, stopped, None)
+            opened.discard()
 
     def full(self) -> bool:
         return not self.files or self.files[-1]["count"] >= self.size
