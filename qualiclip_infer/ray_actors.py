@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 
 from .allocator import keep_freed_memory
 from .hub import go_offline
-from .messages import first_line
 from .parquet_rows import parquet_values, row_schema
 from .results import ScoreResult, row_values
 from .sources.entries import score_entries
-from .sources.patterns import input_entries
-from .uris import InputOpener, is_uri
+from .sources.patterns import image_entry, input_entries
+from .uris import InputOpener
 
 if TYPE_CHECKING:
     import pyarrow
@@ -95,13 +94,9 @@ class BatchScorer:
         return table
 
     def _locate(self, name: str) -> Tuple[Any, str]:
-        """What the engine reads for a path: a local path, or a URI's bytes; or the error that stops it."""
-        if not is_uri(name):
-            return self._opener.local_path(name), ""
-        try:
-            return self._opener.read(name), ""
-        except Exception as error:  # missing object, permissions, network: an error row, never a failed task
-            return None, f"cannot read: {first_line(error)}"
+        """What the engine reads for a path (a local path, or a URI's bytes), or the error that stops it."""
+        entry = image_entry(name, self._opener)
+        return entry.data, entry.error
 
 
 def _image_bytes(value: Any) -> Any:

@@ -8,9 +8,10 @@ take one opener for both.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from typing import IO, Any, Callable, Dict, List, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 from .extras import require
 from .files import InputNotFoundError, find_images, image_extensions
@@ -113,17 +114,13 @@ class InputOpener:
         """
         if not is_uri(path):
             return open(self.local_path(path), "rb")
-        try:
+        with _as_os_error():
             start = _URI.match(path).end()
             key = path[:path.find("/", start) + 1 or len(path)]
             if key not in self._filesystems:
                 self._filesystems[key] = resolve_uri(path)
             filesystem, _, prefix = self._filesystems[key]
             return filesystem.open_input_file(path[len(prefix):] if path.startswith(prefix) else resolve_uri(path)[1])
-        except (OSError, ImportError):
-            raise
-        except Exception as error:  # pyarrow's own error types: one line naming the cause
-            raise OSError(first_line(error)) from error
 
     def local_path(self, path: str) -> str:
         """Where a local path is found from here."""
@@ -135,8 +132,20 @@ class InputOpener:
         Raises:
             OSError: As for opening, or a failed read.
         """
-        with self(path) as stream:
+        with self(path) as stream, _as_os_error():
             return stream.read()
+
+
+@contextlib.contextmanager
+def _as_os_error() -> Iterator[None]:
+    """Lets OSError (and a missing pyarrow's ImportError) through, and turns pyarrow's own error types into an
+    OSError with the cause on one line, so that callers catch one type."""
+    try:
+        yield
+    except (OSError, ImportError):
+        raise
+    except Exception as error:
+        raise OSError(first_line(error)) from error
 
 
 open_input = InputOpener()

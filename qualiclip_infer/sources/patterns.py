@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AbstractSet, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..files import find_images, image_extensions
@@ -77,6 +77,9 @@ class SourcePlan:
     inputs: List[Tuple[str, str]]
     image_col: Optional[str] = None
     id_cols: Optional[Sequence[str]] = None
+    # extra_column_types, once read: it opens the first Parquet file (a round trip on an object store), and the
+    # command, the Ray driver and the actors' options all ask for it.
+    _column_types: Optional[Dict[str, Any]] = field(default=None, init=False, repr=False, compare=False)
 
     def extra_columns(self) -> List[str]:
         """The columns rows carry beyond ``path, score, width, height, error``: ``key`` when there are shards, and
@@ -96,13 +99,15 @@ class SourcePlan:
         Raises:
             SourceError: As for :meth:`extra_columns`.
         """
-        columns: Dict[str, Any] = {}
-        if any(kind == "tar" for kind, _ in self.inputs):
-            columns["key"] = None
-        parquet = [path for kind, path in self.inputs if kind == "parquet"]
-        if parquet:
-            columns.update(check_columns(parquet[0], open_input, self.image_col, self.id_cols))
-        return columns
+        if self._column_types is None:
+            columns: Dict[str, Any] = {}
+            if any(kind == "tar" for kind, _ in self.inputs):
+                columns["key"] = None
+            parquet = [path for kind, path in self.inputs if kind == "parquet"]
+            if parquet:
+                columns.update(check_columns(parquet[0], open_input, self.image_col, self.id_cols))
+            self._column_types = columns
+        return dict(self._column_types)
 
     def is_images(self) -> bool:
         """Whether every input is an image file (no shard, no Parquet file)."""
@@ -128,15 +133,19 @@ def input_entries(kind: str, path: str, *, image_col: Optional[str] = None, id_c
         yield from iter_tar(path, opener, skip)
     elif kind == "parquet":
         yield from iter_parquet(path, opener, image_col, id_cols, skip, row_groups)
-    elif path in skip:
-        return
-    elif not is_uri(path):
-        yield Entry(path, opener.local_path(path))
-    else:
-        try:
-            yield Entry(path, opener.read(path))
-        except OSError as error:
-            yield Entry(path, None, {}, f"cannot read: {first_line(error)}")
+    elif path not in skip:
+        yield image_entry(path, opener)
+
+
+def image_entry(path: str, opener: InputOpener = open_input) -> Entry:
+    """An image file as an entry: a local path (the engine opens it), or a URI's bytes (read here, through
+    ``opener``'s filesystems), or the one-line reason a URI cannot be read."""
+    if not is_uri(path):
+        return Entry(path, opener.local_path(path))
+    try:
+        return Entry(path, opener.read(path))
+    except OSError as error:  # missing object, permissions, network: an error row
+        return Entry(path, None, {}, f"cannot read: {first_line(error)}")
 
 
 def plan_sources(paths: Sequence[str], *, recursive: bool = True, hidden: bool = False,
