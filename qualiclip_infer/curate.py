@@ -99,13 +99,13 @@ def _lookup(saved: Dict[str, Saved], name: str) -> Saved:
 
 def sample_unit(sample: Sample, saved: Dict[str, Saved]) -> Unit:
     """A WebDataset sample's unit: the lowest score of its image members; failed if any is unscored."""
-    name = f"{sample.shard}::{sample.key}"
+    name = f"{sample.shard}{SOURCE_SEPARATOR}{sample.key}"
     if sample.error:
         return Unit(name, None, sample.error)
     images = [member.name for member, _ in sample.members if is_image_member(member.name)]
     if not images:
         return Unit(name, None, "no image member")
-    results = [(member, *_lookup(saved, f"{sample.shard}::{member}")) for member in images]
+    results = [(member, *_lookup(saved, f"{sample.shard}{SOURCE_SEPARATOR}{member}")) for member in images]
     failed = [f"{member}: {error}" for member, score, error in results if score is None]
     if failed:
         return Unit(name, None, "; ".join(failed))
@@ -123,7 +123,8 @@ def iter_units(plan: SourcePlan, saved: Dict[str, Saved]) -> Iterator[Unit]:
             except SourceError as error:
                 yield Unit(path, None, str(error))
                 continue
-            yield from (Unit(f"{path}::{row}", *_lookup(saved, f"{path}::{row}")) for row in range(rows))
+            names = (f"{path}{SOURCE_SEPARATOR}{row}" for row in range(rows))
+            yield from (Unit(name, *_lookup(saved, name)) for name in names)
         else:
             yield Unit(path, *_lookup(saved, path))
 
