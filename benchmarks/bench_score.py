@@ -274,12 +274,21 @@ def _report(results: Dict[str, Dict[str, List[dict]]], args: argparse.Namespace,
 
 
 def _cpu_model() -> str:
+    """The CPU's model name, with its family and model numbers where Linux gives them (one name covers several
+    generations: ``AMD EPYC`` is Zen 4 at family 25 and Zen 5 at family 26)."""
+    from qualiclip_infer.cpu_features import cpu_model
+
+    name = cpu_model() or platform.processor() or "unknown CPU"
+    numbers = {}
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            numbers.setdefault(key.strip(), value.strip())
     except OSError:
-        return platform.processor() or "unknown CPU"
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
-                "unknown CPU")
+        return name
+    if numbers.get("cpu family") and numbers.get("model"):
+        return f"{name} (family {numbers['cpu family']}, model {numbers['model']})"
+    return name
 
 
 if __name__ == "__main__":

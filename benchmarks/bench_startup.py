@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from qualiclip_infer.cpu_features import cpu_model
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_score import _cpu_model  # noqa: E402
 COMMANDS = {  # name: module run with -m; a tree that lacks one is reported as such
     "qualiclip-score": "qualiclip_infer",
     "qualiclip-eval": "qualiclip_infer.eval",
@@ -63,7 +63,7 @@ def main() -> None:
                 seconds = help_seconds(tree, module)
                 if seconds is not None:
                     times[name][tree_name].append(seconds)
-    print(f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {cpu_model() or platform.machine()}, "
+    print(f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {_cpu_model()}, "
           f"{os.cpu_count()} logical CPUs; Python {platform.python_version()}; load average "
           f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after; medians of {args.repeats} runs")
     score = statistics.median(times["qualiclip-score"]["ours"])
