@@ -57,6 +57,35 @@ def test_the_environment_can_leave_malloc_as_it_is():
     assert tuned is False and after >= 64 << 20
 
 
+# MiB of heap left after freeing MIB of 2 MiB blocks, newest first, so that each joins the free top of the heap.
+TRIM_PROBE = """
+import ctypes, json
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = type("Info", (ctypes.Structure,), {"_fields_": [(name, ctypes.c_size_t) for name in
+    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]})
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+from qualiclip_infer import keep_freed_memory
+keep_freed_memory()
+def heap_after_freeing(mib):
+    blocks = [libc.malloc(2 << 20) for _ in range(mib // 2)]
+    for block in reversed(blocks):
+        libc.free(block)
+    return libc.mallinfo2().arena >> 20
+print(json.dumps([heap_after_freeing(200), heap_after_freeing(300)]))
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_up_to_256_mib_of_freed_memory_is_kept_for_the_next_pass():
+    import json
+
+    result = subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    after_200, after_300 = json.loads(result.stdout)
+    assert after_200 >= 200  # all of it kept: the next forward pass reuses it without asking the kernel
+    assert after_300 < 100  # the free top passed 256 MiB and was given back; only what was freed after stays
+
+
 def test_every_command_keeps_freed_memory(monkeypatch, tmp_path, tiny_checkpoint):
     from qualiclip_infer import _cli
     from qualiclip_infer.cli import main

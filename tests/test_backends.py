@@ -209,3 +209,23 @@ def test_another_network_gets_another_cache_entry(tiny_checkpoint, tmp_path):
     keys = {graph_key(ImageTower(QualityScorer(path, device="cpu").model)) for path in (tiny_checkpoint, other)}
     assert len(keys) == 2
     assert graph_key(ImageTower(QualityScorer(tiny_checkpoint, device="cpu").model)) in keys
+
+
+def test_the_cache_keeps_the_four_most_recently_used_networks(tmp_path):
+    import os
+
+    from helpers import TINY_CONFIG, write_checkpoint
+
+    from qualiclip_infer import graph_cache
+    from qualiclip_infer.onnx_graph import ImageTower
+
+    towers = [ImageTower(QualityScorer(write_checkpoint(tmp_path / f"{seed}.pth", TINY_CONFIG, seed=seed),
+                                       device="cpu").model) for seed in range(5)]
+    graphs = []
+    for age, tower in enumerate(towers[:4]):
+        graphs.append(graph_cache.cached_graph(tower, "images", "features"))
+        os.utime(graphs[-1].parent, (1_000_000 + age,) * 2)  # used in this order, long ago
+    assert graph_cache.cached_graph(towers[0], "images", "features") == graphs[0]  # used again: now the newest
+    fifth = graph_cache.cached_graph(towers[4], "images", "features")
+    kept = {entry.name for entry in graph_cache.backend_cache_dir().iterdir()}
+    assert kept == {graph.parent.name for graph in (graphs[0], graphs[2], graphs[3], fifth)}

@@ -360,6 +360,21 @@ def test_import_and_help_are_light():
     assert result.returncode == 0 and "--shard K/N" in result.stdout and "Exit status" in result.stdout
 
 
+def test_the_option_defaults_are_the_documented_ones(monkeypatch):
+    """docs/cli.md's defaults; --batch-size and --max-pixels are left to the library (tests/test_scorer.py)."""
+    from qualiclip_infer import constants
+    from qualiclip_infer.cli import build_parser
+
+    monkeypatch.setattr(constants, "available_cpus", lambda: 64)
+    args = vars(build_parser().parse_args(["photos"]))
+    expected = {"read_timeout": 30, "workers": 8, "batch_size": None, "max_pixels": None, "device": "auto",
+                "precision": "fp32", "backend": "torch", "model": "qualiclip", "map_method": "windows",
+                "recursive": True, "hidden": False, "format": None, "logit_scale": None}
+    assert {key: args[key] for key in expected} == expected
+    help_text = " ".join(build_parser().format_help().split())
+    assert "(default: 16)" in help_text and "(default: 48)" in help_text and "(default: 30)" in help_text
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers, in-process
 

@@ -1,5 +1,6 @@
 """``qualiclip-score``'s row selection checked row by row against the library's scores: ``--min-score`` and
-``--max-score`` (inclusive: a bound equal to a score keeps that image), ``--sort score|path`` with ``--reverse``, and
+``--max-score`` (inclusive: a bound equal to a score keeps that image), ``--sort score|path`` with ``--reverse`` (equal
+scores in path order), and
 ``--resume`` after runs started with relative, ``./``-prefixed and absolute paths.
 
 The command runs in-process (``qualiclip_infer.cli.main``, what the console script calls) to keep these many runs
@@ -80,6 +81,23 @@ def test_sort_orders_rows_by_score_or_path(folder, tiny_checkpoint, scores, tmp_
     for row in rows:
         if row["path"] in scores:
             assert row["score"] == pytest.approx(scores[row["path"]], abs=1e-6)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_equal_scores_sort_by_path(tiny_checkpoint, tmp_path, reverse, one_thread):
+    # The same picture under names whose order differs from the order of their reversed spellings.
+    for name in ("y0.png", "x1.png", "z2.png"):
+        save_image(tmp_path / name, natural_image(64, 48, seed=3))
+    save_image(tmp_path / "w.png", natural_image(64, 48, seed=4))
+    out = tmp_path / "rows.jsonl"
+    status = main([os.fspath(tmp_path / name) for name in ("z2.png", "w.png", "x1.png", "y0.png")]
+                  + ["--weights", os.fspath(tiny_checkpoint), "--device", "cpu", "-q", "-o", os.fspath(out),
+                     "--sort", "score"] + ["--reverse"] * reverse)
+    assert status == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    tied = [Path(row["path"]).name for row in rows if row["path"] != os.fspath(tmp_path / "w.png")]
+    assert len({row["score"] for row in rows}) == 2
+    assert tied == (["z2.png", "y0.png", "x1.png"] if reverse else ["x1.png", "y0.png", "z2.png"])
 
 
 @pytest.mark.parametrize("first, second", [("relative", "relative"), ("dot", "dot"), ("absolute", "absolute"),

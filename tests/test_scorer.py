@@ -67,6 +67,25 @@ def test_size_batches_group_equal_sizes_under_limits():
     assert group_by_size([(5000, 5000)], batch_size=8, max_batch_pixels=10) == [[0]]
 
 
+def test_the_documented_defaults(tiny_checkpoint, monkeypatch):
+    """docs/python-api.md and docs/cli.md: batches of 16 equal sizes, at most 0.5 Mpx beyond a batch's first image
+    on the CPU (ten 224x224 images), 48 Mpx per image, 30 s per read, one decoding thread per CPU up to 8."""
+    import inspect
+
+    from qualiclip_infer import constants
+
+    scorer = QualityScorer(tiny_checkpoint, device="cpu")
+    assert (scorer.batch_size, scorer.max_batch_pixels, scorer.max_image_pixels) == (16, 2**19, 48_000_000)
+    assert [len(batch) for batch in group_by_size([(224, 224)] * 24, scorer.batch_size, scorer.max_batch_pixels)] \
+        == [10, 10, 4]
+    assert [len(batch) for batch in group_by_size([(64, 64)] * 40, scorer.batch_size, scorer.max_batch_pixels)] \
+        == [16, 16, 8]
+    assert inspect.signature(scorer.iter_scores).parameters["read_timeout"].default == 30
+    for cpus, workers in ((1, 1), (3, 3), (8, 8), (64, 8)):
+        monkeypatch.setattr(constants, "available_cpus", lambda: cpus)
+        assert constants.default_workers() == workers
+
+
 @pytest.mark.parametrize("mode, suffix", [("L", ".png"), ("LA", ".png"), ("P", ".png"), ("RGBA", ".png"),
                                           ("CMYK", ".jpg"), ("I;16", ".png"), ("1", ".png"), ("I", ".tif"),
                                           ("F", ".tif"), ("YCbCr", ".jpg")])
