@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import RN50_CONFIG, TINY_CONFIG, write_checkpoint
+
+# A suite started in the background by a non-interactive shell (`cmd &` in a script) inherits SIGINT ignored, and an
+# ignored signal stays ignored in every command it starts: the tests that press Ctrl-C need it delivered. A handled
+# signal is reset to its default in a started program, which then installs Python's KeyboardInterrupt.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -142,6 +143,10 @@ def test_quality_scorer_adds_mos_and_percentile_and_refuses_another_model(photos
         QualityScorer(other, device="cpu", calibration=calibration)
     with pytest.raises(CalibrationError, match="logit_scale 100.0, but the scorer has logit_scale 50.0"):
         QualityScorer(tiny_checkpoint, device="cpu", logit_scale=50, calibration=calibration)
+    with pytest.raises(CalibrationError, match="precision 'fp32', but the scorer has precision 'bf16'"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 on a CPU without native bf16 warns; the refusal is what counts
+        QualityScorer(tiny_checkpoint, device="cpu", precision="bf16", calibration=calibration)
 
 
 def test_eval_saves_a_calibration_that_score_applies(photos, tiny_checkpoint, tmp_path):

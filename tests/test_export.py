@@ -116,6 +116,21 @@ def test_verify_removes_a_corrupted_export_and_fails(tiny_checkpoint, tmp_path, 
     assert not list(tmp_path.iterdir())  # neither the file nor a partial one is left
 
 
+def test_verify_holds_the_file_to_1e_5_of_torch(tiny_checkpoint, tmp_path, monkeypatch, one_thread):
+    scorer = QualityScorer(tiny_checkpoint, device="cpu")
+    path = tmp_path / "model.onnx"
+    export.export_onnx(scorer, path)
+    assert export.verify_onnx(path, scorer) < 1e-6
+    real_head = scorer.model.score_features
+    for shift, refused in ((5e-6, False), (3e-5, True)):  # torch's scores moved, the file's not
+        monkeypatch.setattr(scorer.model, "score_features", lambda features: real_head(features) + shift)
+        if refused:
+            with pytest.raises(export.ExportVerificationError, match=r"differ from torch's by 3\.0\de-05"):
+                export.verify_onnx(path, scorer)
+        else:
+            assert export.verify_onnx(path, scorer) == pytest.approx(shift, abs=1e-6)
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "give either OUTPUT.onnx"),
     (["x.onnx", "--check", "y.onnx"], "give either OUTPUT.onnx"),

@@ -43,3 +43,24 @@ def test_two_checkpoints_with_the_same_prompts_get_their_own_features(tiny_check
         features = QualityScorer(path, device="cpu", prompts=PAIRS).model.prompt_features
         torch.testing.assert_close(features, expected[path], atol=1e-5, rtol=0)
     assert len(calls) == 2
+
+
+def test_a_checkpoint_rewritten_in_place_gets_its_new_features(tmp_path, monkeypatch, one_thread):
+    """The remembered SHA-256 of a checkpoint file is keyed by its identity, modification time included: a file
+    written over in place (same path, inode and size, as a training run saving again would) is hashed anew."""
+    import os
+
+    monkeypatch.setenv("QUALICLIP_INFER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(prompts_module, "_memory_cache", {})
+    path = write_checkpoint(tmp_path / "model.pth", TINY_CONFIG, seed=0)
+    torch.testing.assert_close(QualityScorer(path, device="cpu", prompts=PAIRS).model.prompt_features,
+                               _open_clip_features(0), atol=1e-5, rtol=0)
+    before = os.stat(path)
+    with open(path, "r+b") as f:  # over the same inode
+        f.write(write_checkpoint(tmp_path / "next.pth", TINY_CONFIG, seed=1).read_bytes())
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size)
+    monkeypatch.setattr(prompts_module, "_memory_cache", {})  # a new process
+    torch.testing.assert_close(QualityScorer(path, device="cpu", prompts=PAIRS).model.prompt_features,
+                               _open_clip_features(1), atol=1e-5, rtol=0)
