@@ -162,3 +162,13 @@ def test_a_run_stopped_inside_a_shard_leaves_only_finished_files(dataset, tmp_pa
         curate.write_kept(plan, selection, [0.5] * units, str(tmp_path), shard_size=2)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["00000.tar"]
     assert sorted({name.split(".")[0] for name, _ in read_tar(tmp_path / "00000.tar")}) == ["000000", "000001"]
+
+
+def test_keep_fraction_breaks_ties_by_input_order():
+    from qualiclip_infer.curate import Rule, select
+
+    scores = [0.5, 0.7, None, 0.5, 0.5, 0.2]
+    selection = select(scores, Rule(keep_fraction=0.6))  # round(0.6 x 5 scored) = 3: 0.7 and the first two 0.5s
+    assert list(selection.keep) == [1, 1, 0, 1, 0, 0]
+    assert selection.counts == {"in": 6, "kept": 3, "dropped": 2, "failed": 1}
+    assert selection.threshold == {"min_score": 0.5, "max_score": None, "kept_by_rank": 3}
