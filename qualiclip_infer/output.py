@@ -24,7 +24,7 @@ import stat
 import sys
 from typing import IO, Any, Iterable, NamedTuple, Optional, Sequence, Set, TextIO, Tuple
 
-from .results import COLUMNS, SCORE_DECIMALS, ScoredRow, json_record, row_value
+from .results import COLUMNS, PERCENTILE_DECIMALS, SCORE_DECIMALS, ScoredRow, json_record, row_value
 
 FORMATS = ("table", "csv", "jsonl", "json", "parquet")
 RESUMABLE_FORMATS = ("csv", "jsonl")
@@ -220,11 +220,11 @@ def _blank(value: Any) -> str:
 
 
 def _cell(value: Any, column: str, decimals: int) -> str:
-    """An extra column's text: calibrated values as decimals (percentiles with 2), anything else as it is."""
+    """An extra column's text: calibrated values as decimals (percentiles with fewer), anything else as it is."""
     if column == "mos":
         return _decimal(value, decimals)
     if column == "percentile":
-        return _decimal(value, 2)
+        return _decimal(value, PERCENTILE_DECIMALS)
     return _blank(value)
 
 

@@ -16,6 +16,8 @@ COLUMNS = ("path", "score", "width", "height", "error")
 CALIBRATED_COLUMNS = ("mos", "percentile")
 # float32 scores carry about 7 significant digits; text formats write 8 decimals.
 SCORE_DECIMALS = 8
+# A percentile is a point on a 0-100 scale interpolated between 101 quantiles: hundredths of a point are plenty.
+PERCENTILE_DECIMALS = 2
 
 
 @dataclass
@@ -73,7 +75,7 @@ class ScoredRow(Protocol):
 
 
 # Decimals that text formats write for the columns holding a float; other columns are written as they are.
-_JSON_DECIMALS = {"score": SCORE_DECIMALS, "mos": SCORE_DECIMALS, "percentile": 4}
+_JSON_DECIMALS = {"score": SCORE_DECIMALS, "mos": SCORE_DECIMALS, "percentile": PERCENTILE_DECIMALS}
 
 
 def row_value(row: ScoredRow, column: str) -> Any:

@@ -396,3 +396,22 @@ def test_rows_with_extra_columns_resume_only_with_the_same_columns(fmt, tmp_path
         with pytest.raises(OutputFileError, match="left unchanged"):
             prepare_resume(str(path), fmt, columns)
     assert path.read_text(encoding="utf-8") == text
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "json", "table"])
+def test_calibrated_columns_are_written_with_their_decimals(fmt):
+    """docs/report-and-calibration.md: mos with the score's decimals (8; 4 in the table), percentile with 2."""
+    row = Result("a.jpg", 0.123456789, 8, 6)
+    row.mos, row.percentile = 3.141592653, 47.123456
+    stream = io.StringIO()
+    writer = RowWriter(stream, fmt, extra_columns=("mos", "percentile"))
+    writer.write([row])
+    writer.close()
+    text = stream.getvalue()
+    if fmt == "csv":
+        assert text.splitlines()[1] == "a.jpg,0.12345679,8,6,,3.14159265,47.12"
+    elif fmt == "table":
+        assert text.split()[-2:] == ["3.1416", "47.12"]
+    else:
+        record = json.loads(text)[0] if fmt == "json" else json.loads(text)
+        assert (record["score"], record["mos"], record["percentile"]) == (0.12345679, 3.14159265, 47.12)
