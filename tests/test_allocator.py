@@ -12,8 +12,8 @@ from helpers import save_image, natural_image
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-# Bytes glibc maps for a 64 MiB buffer while it is alive, before and after the call.
-PROBE = """
+# glibc's malloc statistics (mallinfo2) and its malloc and free, for the probes below.
+MALLINFO = """
 import ctypes, json
 class Info(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -21,6 +21,10 @@ class Info(ctypes.Structure):
                  "keepcost")]
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = Info
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+"""
+# Bytes glibc maps for a 64 MiB buffer while it is alive, before and after the call.
+PROBE = MALLINFO + """
 def mapped_while_alive():
     start = libc.mallinfo2().hblkhd
     block = bytearray(64 << 20)
@@ -58,12 +62,7 @@ def test_the_environment_can_leave_malloc_as_it_is():
 
 
 # MiB of heap left after freeing MIB of 2 MiB blocks, newest first, so that each joins the free top of the heap.
-TRIM_PROBE = """
-import ctypes, json
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = type("Info", (ctypes.Structure,), {"_fields_": [(name, ctypes.c_size_t) for name in
-    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]})
-libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+TRIM_PROBE = MALLINFO + """
 from qualiclip_infer import keep_freed_memory
 keep_freed_memory()
 def heap_after_freeing(mib):
