@@ -276,19 +276,11 @@ def _report(results: Dict[str, Dict[str, List[dict]]], args: argparse.Namespace,
 def _cpu_model() -> str:
     """The CPU's model name, with its family and model numbers where Linux gives them (one name covers several
     generations: ``AMD EPYC`` is Zen 4 at family 25 and Zen 5 at family 26)."""
-    from qualiclip_infer.cpu_features import cpu_model
+    from qualiclip_infer.cpu_features import cpu_model, cpuinfo_field
 
     name = cpu_model() or platform.processor() or "unknown CPU"
-    numbers = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            numbers.setdefault(key.strip(), value.strip())
-    except OSError:
-        return name
-    if numbers.get("cpu family") and numbers.get("model"):
-        return f"{name} (family {numbers['cpu family']}, model {numbers['model']})"
-    return name
+    family, model = cpuinfo_field(("cpu family",)), cpuinfo_field(("model",))
+    return f"{name} (family {family}, model {model})" if family and model else name
 
 
 if __name__ == "__main__":

@@ -27,17 +27,18 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> Optional[FrozenSet[str]]:
         cpuinfo: A file in the layout of Linux's ``/proc/cpuinfo`` (``flags : a b c`` lines).
     """
     # x86 names the list "flags", Arm "Features".
-    value = _first_field(cpuinfo, ("flags", "Features"))
+    value = cpuinfo_field(("flags", "Features"), cpuinfo)
     return None if value is None else frozenset(value.split())
 
 
 def cpu_model(cpuinfo: Path = CPUINFO) -> Optional[str]:
     """The CPU's model name from ``cpuinfo`` (``None`` where it has none, or there is no such file)."""
-    return _first_field(cpuinfo, ("model name",)) or None
+    return cpuinfo_field(("model name",), cpuinfo) or None
 
 
-def _first_field(cpuinfo: Path, keys: Tuple[str, ...]) -> Optional[str]:
-    """The value of the first ``key : value`` line with one of ``keys`` ("" if none), ``None`` without the file."""
+def cpuinfo_field(keys: Tuple[str, ...], cpuinfo: Path = CPUINFO) -> Optional[str]:
+    """The value of the first ``key : value`` line of ``cpuinfo`` with one of ``keys`` ("" if none), ``None``
+    without the file."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
