@@ -154,13 +154,14 @@ def _compare_shape_strategies(checkpoint: Path, threads: int) -> List[Tuple[str,
     import torch
 
     from qualiclip_infer import QualityScorer
+    from qualiclip_infer.backends import openvino_options
     from qualiclip_infer.onnx_graph import ImageTower, onnx_bytes
 
     torch.set_num_threads(threads)
     scorer = QualityScorer(checkpoint, device="cpu")
     graph = onnx_bytes(ImageTower(scorer.model), "normalized", "features")
     core = openvino.Core()
-    options = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    options = openvino_options("f32", threads)
     started = time.perf_counter()
     dynamic = core.compile_model(core.read_model(graph, b""), "CPU", options)
     rows = [("compile once (dynamic)", time.perf_counter() - started, 0.0, 0.0, 0.0)]

@@ -68,11 +68,11 @@ def main() -> None:
 def _openvino(scorer, threads: int):
     import openvino
 
+    from qualiclip_infer.backends import openvino_options
     from qualiclip_infer.onnx_graph import ImageTower, onnx_bytes
 
     graph = onnx_bytes(ImageTower(scorer.model), "images", "features")
-    options = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-               "PERF_COUNT": True}  # the backend's own options, and the counters
+    options = {**openvino_options("f32", threads), "PERF_COUNT": True}  # the backend's options, and the counters
     core = openvino.Core()
     return core.compile_model(core.read_model(graph, b""), "CPU", options).create_infer_request()
 
@@ -102,12 +102,7 @@ def _torch_times(tower, batch) -> Tuple[float, float]:
     from torch.profiler import ProfilerActivity, profile
 
     with torch.inference_mode():
-        tower(batch)
-        walls = []
-        for _ in range(CALLS):
-            started = time.perf_counter()
-            tower(batch)
-            walls.append((time.perf_counter() - started) * 1e3)
+        wall_ms = _median_seconds(lambda: tower(batch)) * 1e3
         with profile(activities=[ProfilerActivity.CPU]) as profiler:
             for _ in range(CALLS):
                 tower(batch)
@@ -115,7 +110,7 @@ def _torch_times(tower, batch) -> Tuple[float, float]:
     profiled = sum(by_operator.values())
     convolutions = by_operator.get("aten::mkldnn_convolution", 0.0)
     # The profiler's own overhead inflates its total: apportion the unprofiled wall time by its shares.
-    return statistics.median(walls), statistics.median(walls) * convolutions / profiled
+    return wall_ms, wall_ms * convolutions / profiled
 
 
 def _openvino_times(request, array) -> Tuple[float, float]:
@@ -148,13 +143,19 @@ def _single_convolution_rate() -> float:
     convolution = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).eval().to(memory_format=torch.channels_last)
     batch = torch.rand(8, 256, 56, 56).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        convolution(batch)
-        seconds = []
-        for _ in range(CALLS):
-            started = time.perf_counter()
-            convolution(batch)
-            seconds.append(time.perf_counter() - started)
-    return 2 * batch.numel() * 256 * 9 / statistics.median(seconds) / 1e9
+        seconds = _median_seconds(lambda: convolution(batch))
+    return 2 * batch.numel() * 256 * 9 / seconds / 1e9
+
+
+def _median_seconds(call) -> float:
+    """Median wall seconds of :data:`CALLS` calls, after one that warms up."""
+    call()
+    seconds = []
+    for _ in range(CALLS):
+        started = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
 
 
 def _header(args: argparse.Namespace, load) -> list:
